@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Install the Autobahn|Testsuite fuzzing client ("wstest", Python 2.7 code) outside
+# the repository, from package registries only.
+#
+#   scripts/autobahn/install.sh [PREFIX]        PREFIX default: $AUTOBAHN_PREFIX or /tmp/autobahn27
+#
+# Steps (each skipped when its result is already present, so re-running is cheap):
+#   1. Python 2.7: this Debian 12 machine has none, so the Debian 11 (bullseye)
+#      .debs are fetched with `apt-get download` through a private apt
+#      configuration under PREFIX (the system's sources and dpkg database are left
+#      alone) and unpacked with `dpkg -x` into PREFIX/root.
+#   2. A Python 3 venv with virtualenv<20.22 (the last series that still creates
+#      2.7 environments) builds PREFIX/py27 from that interpreter.
+#   3. pip (20.3.x inside the 2.7 env) installs autobahntestsuite from PyPI with
+#      the machine's Python-3-only pip config and constraints switched off.
+#   4. PREFIX/wstest is a wrapper that sets LD_LIBRARY_PATH for the unpacked libs.
+#
+# Takes ~3 min with a cold pip cache, seconds when everything is there.
+set -euo pipefail
+
+PREFIX="${1:-${AUTOBAHN_PREFIX:-/tmp/autobahn27}}"
+AB_VERSION="${AB_VERSION:-25.10.1}"
+case "$PREFIX" in /*) ;; *) PREFIX="$PWD/$PREFIX" ;; esac
+ROOT="$PREFIX/root"
+LIBDIR="$ROOT/usr/lib/x86_64-linux-gnu"
+PY2="$ROOT/usr/bin/python2.7"
+ENV="$PREFIX/py27"
+WRAPPER="$PREFIX/wstest"
+
+log() { printf '[autobahn-install] %s\n' "$*" >&2; }
+
+if [ -x "$WRAPPER" ] && "$WRAPPER" -a >/dev/null 2>&1; then
+    log "already installed: $WRAPPER"
+    echo "$WRAPPER"
+    exit 0
+fi
+mkdir -p "$PREFIX"
+
+# ---- 1. Python 2.7 from Debian 11 packages -------------------------------------
+if ! LD_LIBRARY_PATH="$LIBDIR" "$PY2" -c 'import ssl, zlib, ctypes' >/dev/null 2>&1; then
+    APT="$PREFIX/apt"
+    mkdir -p "$APT/state/lists/partial" "$APT/cache/archives/partial" "$APT/debs" "$ROOT"
+    # Same mirror hosts as the machine's own apt configuration, bullseye suite.
+    mirror="" ; secmirror=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        while read -r key val _; do
+            [ "$key" = "URIs:" ] || continue
+            case "$val" in *security*) secmirror="${secmirror:-$val}" ;; *) mirror="${mirror:-$val}" ;; esac
+        done < "$f"
+    done
+    if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+        mirror=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list)
+    fi
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    secmirror="${secmirror:-${mirror%/debian}/debian-security}"
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    {
+        echo "deb [signed-by=$keyring] $mirror bullseye main"
+        echo "deb [signed-by=$keyring] $secmirror bullseye-security main"
+    } > "$APT/sources.list"
+    {
+        echo "Dir::Etc::SourceList \"$APT/sources.list\";"
+        echo "Dir::Etc::SourceParts \"/nonexistent\";"
+        echo "Dir::State \"$APT/state\";"
+        echo "Dir::State::Lists \"$APT/state/lists\";"
+        echo "Dir::State::status \"/var/lib/dpkg/status\";"
+        echo "Dir::Cache \"$APT/cache\";"
+    } > "$APT/apt.conf"
+    log "fetching Python 2.7 .debs (bullseye) from $mirror"
+    APT_CONFIG="$APT/apt.conf" apt-get -qq update
+    ( cd "$APT/debs" && APT_CONFIG="$APT/apt.conf" apt-get -qq download \
+        python2.7 python2.7-minimal python2.7-dev \
+        libpython2.7 libpython2.7-minimal libpython2.7-stdlib libpython2.7-dev \
+        libssl1.1 libffi7 )
+    for deb in "$APT"/debs/*.deb; do dpkg -x "$deb" "$ROOT"; done
+    LD_LIBRARY_PATH="$LIBDIR" "$PY2" -c 'import ssl, zlib, ctypes, hashlib, sys; print("python " + sys.version.split()[0])' >&2
+fi
+
+# ---- 2. virtualenv for 2.7 -----------------------------------------------------
+if [ ! -x "$ENV/bin/pip" ]; then
+    log "creating the 2.7 virtualenv"
+    [ -x "$PREFIX/tool/bin/virtualenv" ] || {
+        python3 -m venv "$PREFIX/tool"
+        "$PREFIX/tool/bin/pip" install -q 'virtualenv<20.22'
+    }
+    LD_LIBRARY_PATH="$LIBDIR" "$PREFIX/tool/bin/virtualenv" -q -p "$PY2" "$ENV"
+fi
+
+# ---- 3. autobahntestsuite ------------------------------------------------------
+log "installing autobahntestsuite==$AB_VERSION"
+(
+    export LD_LIBRARY_PATH="$LIBDIR"
+    # The machine-wide pip config (constraints, find-links) is written for Python 3.
+    export PIP_CONFIG_FILE=/dev/null PIP_CONSTRAINT="" PIP_FIND_LINKS=""
+    export CFLAGS="-I$ROOT/usr/include -I$ROOT/usr/include/python2.7"
+    export LDFLAGS="-L$LIBDIR"
+    cacert=/etc/ssl/certs/ca-certificates.crt
+    certopt=(); [ -f "$cacert" ] && certopt=(--cert "$cacert")
+    "$ENV/bin/pip" install -q --disable-pip-version-check "${certopt[@]}" \
+        "autobahntestsuite==$AB_VERSION"
+)
+
+# ---- 4. wrapper ----------------------------------------------------------------
+cat > "$WRAPPER" <<WRAP
+#!/usr/bin/env bash
+# generated by bunws scripts/autobahn/install.sh
+export LD_LIBRARY_PATH="$LIBDIR\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$ENV/bin/wstest" "\$@"
+WRAP
+chmod +x "$WRAPPER"
+"$WRAPPER" -a >&2
+log "installed: $WRAPPER"
+echo "$WRAPPER"
