@@ -1,7 +1,8 @@
 """bunws: Bun's WebSocket server model (``Bun.serve({fetch, websocket})``) for asyncio.
 
 The frame codec and permessage-deflate are compiled (Cython); the server is a thin
-Python layer on asyncio Protocols.
+Python layer on asyncio Protocols. Start with :func:`serve` (a coroutine) or
+:func:`run` (blocking, uvloop when installed).
 """
 
 from .errors import (
@@ -14,17 +15,31 @@ from .errors import (
     ProtocolError,
     WebSocketError,
 )
+from .http import Headers, Request, Response
+from .options import WebSocketHandler
+from .server import Server, run, serve
+from .websocket import SEND_BACKPRESSURE, SEND_DROPPED, ServerWebSocket
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SEND_BACKPRESSURE",
+    "SEND_DROPPED",
     "ClosedError",
     "CloseCode",
     "HandshakeError",
+    "Headers",
     "InvalidArgument",
     "InvalidType",
     "MessageTooBig",
     "ProtocolError",
+    "Request",
+    "Response",
+    "Server",
+    "ServerWebSocket",
     "WebSocketError",
+    "WebSocketHandler",
     "__version__",
+    "run",
+    "serve",
 ]

@@ -1,0 +1,473 @@
+"""``serve()`` / ``run()`` and ``Server``: the listener, upgrades, topics, shutdown.
+
+``Server`` mirrors Bun's ``Server`` object: ``upgrade``, ``publish``,
+``subscriber_count``, ``pending_websockets``, ``stop``. It owns the set of live
+connections, one coarse clock tick that drives every timeout (no timer handle per
+connection), and the end-of-tick flush of queued publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as _ssl
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._frame import FrameParser
+from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
+from .extensions import negotiate
+from .http import Request, build_101, check_upgrade_request, first_subprotocol, simple_response
+from .options import WebSocketHandler, ping_margin
+from .protocol import HTTP, WEBSOCKET, Connection
+from .pubsub import TopicRegistry, encode_message, fan_out
+from .websocket import ServerWebSocket, _check_compress, _check_topic
+
+__all__ = ["Server", "serve", "run"]
+
+logger = logging.getLogger("bunws")
+
+# The clock tick driving every timeout. Bun's uSockets ticks every 4 s; a finer tick
+# keeps our timeouts within half a second at a cost of one pass over the
+# connections per tick (about 2 ms per 10 000 connections).
+TICK_SECONDS = 0.5
+
+
+class Server:
+    """A running bunws server (returned by :func:`serve`)."""
+
+    def __init__(
+        self,
+        fetch: Callable[..., Any],
+        websocket: WebSocketHandler | None,
+        *,
+        hostname: str,
+        port: int,
+        ssl: _ssl.SSLContext | None,
+        reuse_port: bool,
+        backlog: int,
+        handshake_timeout: float,
+        close_timeout: float,
+        max_head_size: int,
+        max_headers: int,
+        max_body_size: int,
+        max_connections: int | None,
+        max_pending_handshakes: int,
+        allowed_origins: Iterable[str] | str | None,
+    ) -> None:
+        if not callable(fetch):
+            raise InvalidType("fetch must be callable")
+        if websocket is not None and not isinstance(websocket, WebSocketHandler):
+            if isinstance(websocket, Mapping):
+                websocket = WebSocketHandler(**websocket)
+            else:
+                raise InvalidType("websocket must be a WebSocketHandler or a dict of its options")
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise InvalidType("ssl must be an ssl.SSLContext")
+        for name, value in (
+            ("handshake_timeout", handshake_timeout),
+            ("close_timeout", close_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
+        for name, value in (
+            ("max_head_size", max_head_size),
+            ("max_headers", max_headers),
+            ("max_body_size", max_body_size),
+            ("max_pending_handshakes", max_pending_handshakes),
+            ("backlog", backlog),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive int, got {value!r}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1
+        ):
+            raise InvalidArgument(f"max_connections must be None or a positive int, got {max_connections!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidArgument(f"port must be in 0..65535, got {port!r}")
+        self._fetch = fetch
+        self._websocket = websocket or WebSocketHandler()
+        self._has_websocket = websocket is not None
+        self.hostname = hostname
+        self._requested_port = port
+        self.ssl = ssl
+        self._scheme = "https" if ssl else "http"
+        self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.handshake_timeout = float(handshake_timeout)
+        self.close_timeout = float(close_timeout)
+        self.max_head_size = max_head_size
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+        self.max_connections = max_connections
+        self.max_pending_handshakes = max_pending_handshakes
+        self.allowed_origins = _origins(allowed_origins)
+        self._ping_margin = ping_margin(self._websocket.idle_timeout)
+        self._topics = TopicRegistry()
+        self._connections: set[Connection] = set()
+        self._http_connections = 0
+        self._pending_websockets = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._flush_list: list[ServerWebSocket] = []
+        self._flush_scheduled = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._all_gone: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self._now = self._loop.time()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._aio_server: asyncio.base_events.Server | None = None
+        self.port = port
+        self.backplane: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def _start(self, sock: socket.socket | None = None) -> None:
+        loop = self._loop
+        kwargs: dict[str, Any] = dict(
+            ssl=self.ssl,
+            backlog=self.backlog,
+        )
+        if self.ssl is not None:
+            kwargs["ssl_handshake_timeout"] = self.handshake_timeout
+        if sock is not None:
+            self._aio_server = await loop.create_server(lambda: Connection(self), sock=sock, **kwargs)
+        else:
+            self._aio_server = await loop.create_server(
+                lambda: Connection(self),
+                self.hostname,
+                self._requested_port,
+                reuse_port=self.reuse_port or None,
+                **kwargs,
+            )
+        sockname = self._aio_server.sockets[0].getsockname()
+        self.port = sockname[1]
+        self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        now = self._now = self._loop.time()
+        for conn in list(self._connections):
+            conn.check_timers(now)
+        if not self._stopped.is_set():
+            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+
+    @property
+    def url(self) -> str:
+        host = self.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self._scheme}://{host}:{self.port}/"
+
+    @property
+    def pending_websockets(self) -> int:
+        """Number of open WebSocket connections."""
+        return self._pending_websockets
+
+    @property
+    def pending_requests(self) -> int:
+        """Number of connections still in their HTTP phase."""
+        return self._http_connections
+
+    async def stop(self, close_active: bool = False) -> None:
+        """Stop accepting; close every WebSocket with 1001; wait for the close handlers.
+
+        ``stop()`` waits up to ``close_timeout`` for peers to answer the Close frame,
+        then aborts whatever is left. ``stop(True)`` does not wait for the answers.
+        In-flight handshakes are answered 503.
+        """
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self._aio_server is not None:
+            self._aio_server.close()
+        for conn in list(self._connections):
+            if conn.phase == HTTP and not conn._busy and conn._held is None:
+                conn._close_after = True
+                conn.transport.close()
+            elif conn.phase == WEBSOCKET and conn.ws is not None:
+                conn.ws.close(1001, "Server shutting down")
+                if close_active:
+                    conn.transport.close()
+        if self._connections:
+            self._all_gone = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), self.close_timeout)
+            except asyncio.TimeoutError:
+                pass
+            for conn in list(self._connections):
+                conn.transport.abort()
+            # Let connection_lost callbacks run.
+            for _ in range(3):
+                if not self._connections:
+                    break
+                await asyncio.sleep(0)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        if self.backplane is not None:
+            await self.backplane.close()
+        if self._aio_server is not None:
+            await self._aio_server.wait_closed()
+        self._stopped.set()
+
+    def _connection_gone(self) -> None:
+        if self._all_gone is not None and not self._connections:
+            self._all_gone.set()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(close_active=True)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`stop` completes."""
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ upgrade
+    def upgrade(
+        self,
+        req: Request,
+        data: Any = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> bool:
+        """Upgrade ``req`` to a WebSocket; ``open`` runs before this returns.
+
+        Returns ``False`` (and ``fetch``'s own response is sent) when the request is
+        not a valid WebSocket handshake; a wrong ``Sec-WebSocket-Version`` is answered
+        426 by the server itself, as in Bun.
+        """
+        if not self._has_websocket:
+            raise ClosedError("upgrade() needs a server started with a websocket handler")
+        if not isinstance(req, Request):
+            raise InvalidType(f"upgrade expects a bunws.Request, got {type(req).__name__}")
+        conn = req._connection
+        if (
+            not isinstance(conn, Connection)
+            or conn.server is not self
+            or req._upgraded
+            or conn.phase != HTTP
+            or conn.transport is None
+            or conn.transport.is_closing()
+        ):
+            return False
+        from .http import _header_pairs
+
+        user_headers = _header_pairs(headers)
+        try:
+            key = check_upgrade_request(req)
+            if self._stopping:
+                raise HandshakeError(503, "server is shutting down")
+            self._check_origin(req)
+        except HandshakeError as exc:
+            if exc.status == 426:
+                conn._answer = simple_response(426, [("Sec-WebSocket-Version", "13")], body=False)
+            elif exc.status in (403, 503):
+                conn._answer = simple_response(exc.status)
+            return False
+
+        handler = self._websocket
+        agreement = None
+        if handler.deflate is not None:
+            agreement = negotiate(handler.deflate, req.headers.get("sec-websocket-extensions"))
+        subprotocol = first_subprotocol(req.headers)
+        kept_headers = []
+        for name, value in user_headers:
+            if name.lower() == "sec-websocket-protocol":
+                subprotocol = value.strip() or None
+            else:
+                kept_headers.append((name, value))
+        head = build_101(
+            key, kept_headers, subprotocol, agreement.response if agreement is not None else None
+        )
+        ws = ServerWebSocket(conn, self, data)
+        ws.subprotocol = subprotocol
+        inflater = None
+        if agreement is not None:
+            ws.extensions = agreement.response
+            inflater = agreement.make_inflater()
+            if agreement.compress_enabled:
+                ws._deflater = agreement.make_deflater()
+                ws._shared_deflate = agreement.shared_deflate
+        parser = FrameParser(
+            server=True,
+            max_payload_length=handler.max_payload_length,
+            max_fragments=handler.max_fragments,
+            inflater=inflater,
+        )
+        conn.upgrade(req, head, ws, parser)
+        return True
+
+    def _check_origin(self, req: Request) -> None:
+        allowed = self.allowed_origins
+        if allowed is None:
+            return
+        origin = req.headers.get("origin")
+        if origin is None:
+            return  # non-browser clients send no Origin; CSWSH needs a browser
+        origin = origin.strip().lower()
+        if allowed == "same-origin":
+            host = req.headers.get("host", "").strip().lower()
+            for scheme in ("http://", "https://"):
+                if origin == scheme + host:
+                    return
+        elif "*" in allowed or origin in allowed:
+            return
+        raise HandshakeError(403, "Origin not allowed")
+
+    # ------------------------------------------------------------------ pub/sub
+    def publish(
+        self, topic: str, data: str | bytes | bytearray | memoryview, compress: bool = True
+    ) -> int:
+        """Send to every subscriber of ``topic``; returns Bun's publish status."""
+        _check_topic(topic)
+        if compress is not True:
+            _check_compress(compress)
+        return self._publish(topic, data, compress, None)
+
+    def _publish(self, topic: str, data: Any, compress: bool, exclude: ServerWebSocket | None) -> int:
+        opcode, payload = encode_message(data)
+        if self.backplane is not None:
+            self.backplane.publish(topic, opcode, payload, compress, exclude)
+        return self._publish_local(topic, opcode, payload, compress, exclude)
+
+    def _publish_local(
+        self, topic: str, opcode: int, payload: bytes, compress: bool, exclude: ServerWebSocket | None
+    ) -> int:
+        receivers = self._topics.get(topic)
+        if not receivers:
+            return 0
+        flush_list = self._flush_list
+        status = fan_out(receivers, opcode, payload, compress, exclude, flush_list)
+        if flush_list and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_published)
+        return status
+
+    def _flush_published(self) -> None:
+        """End of tick: one write per receiver for everything published to it."""
+        self._flush_scheduled = False
+        pending, self._flush_list = self._flush_list, []
+        for ws in pending:
+            ws._queued = False
+            if ws._ready_state == 1 and not ws._corked:
+                ws._flush()
+
+    def subscriber_count(self, topic: str) -> int:
+        """Live number of sockets subscribed to ``topic`` in this process."""
+        if not isinstance(topic, str):
+            raise InvalidType(f"topic must be a str, got {type(topic).__name__}")
+        return self._topics.count(topic)
+
+    def __repr__(self) -> str:
+        return f"<bunws.Server {self.url} websockets={self._pending_websockets}>"
+
+
+def _origins(value: Iterable[str] | str | None) -> frozenset[str] | str | None:
+    if value is None:
+        return None
+    if value == "same-origin":
+        return "same-origin"
+    if isinstance(value, str):
+        value = [value]
+    try:
+        return frozenset(v.strip().lower().rstrip("/") for v in value)
+    except (TypeError, AttributeError):
+        raise InvalidType("allowed_origins must be None, 'same-origin' or an iterable of str") from None
+
+
+async def serve(
+    fetch: Callable[..., Any],
+    websocket: WebSocketHandler | Mapping[str, Any] | None = None,
+    *,
+    hostname: str = "127.0.0.1",
+    port: int = 3000,
+    ssl: _ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+    backlog: int = 1024,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 10.0,
+    max_head_size: int = 16 * 1024,
+    max_headers: int = 100,
+    max_body_size: int = 16 * 1024 * 1024,
+    max_connections: int | None = None,
+    max_pending_handshakes: int = 1024,
+    allowed_origins: Iterable[str] | str | None = None,
+    sock: socket.socket | None = None,
+) -> Server:
+    """Start a server on the running loop and return it (``Bun.serve``).
+
+    ``fetch(req, server)`` answers HTTP requests (sync or async) and may call
+    ``server.upgrade(req)``; ``websocket`` holds the WebSocket handlers and options.
+    """
+    server = Server(
+        fetch,
+        websocket,  # type: ignore[arg-type]
+        hostname=hostname,
+        port=port,
+        ssl=ssl,
+        reuse_port=reuse_port,
+        backlog=backlog,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        max_head_size=max_head_size,
+        max_headers=max_headers,
+        max_body_size=max_body_size,
+        max_connections=max_connections,
+        max_pending_handshakes=max_pending_handshakes,
+        allowed_origins=allowed_origins,
+    )
+    await server._start(sock)
+    return server
+
+
+def new_event_loop(use_uvloop: bool | None = None) -> asyncio.AbstractEventLoop:
+    """uvloop when installed (or asked for), else the stock loop."""
+    if use_uvloop is not False:
+        try:
+            import uvloop
+        except ImportError:
+            if use_uvloop:
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(
+    fetch: Callable[..., Any],
+    websocket: WebSocketHandler | Mapping[str, Any] | None = None,
+    *,
+    uvloop: bool | None = None,
+    on_start: Callable[[Server], Any] | None = None,
+    **options: Any,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully (1001 to every client).
+
+    Uses uvloop when it is installed unless ``uvloop=False``.
+    """
+    import signal
+
+    loop = new_event_loop(uvloop)
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        server = await serve(fetch, websocket, **options)
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop_requested.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        if on_start is not None:
+            result = on_start(server)
+            if asyncio.iscoroutine(result):
+                await result
+        await stop_requested.wait()
+        await server.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
