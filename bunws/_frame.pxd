@@ -84,6 +84,7 @@ cdef class FrameParser:
     cdef int _msg_reserve(self, Py_ssize_t extra) except -1
     cdef int _msg_append(self, const uint8_t *data, Py_ssize_t n) except -1
     cdef int _fail(self, int code, str reason) except -1
+    cdef int _set_failed(self, object e) except -1
     cdef list _run(self, object data)
 
 

@@ -387,7 +387,7 @@ cdef class FrameParser:
             PyBuffer_Release(&view)
         return out
 
-    def _set_failed(self, e):
+    cdef int _set_failed(self, object e) except -1:
         self.state = ST_FAILED
         self.error = e
         if isinstance(e, ProtocolError):
@@ -403,6 +403,7 @@ cdef class FrameParser:
             PyMem_Free(self.msg)
             self.msg = NULL
             self.msg_cap = 0
+        return 0
 
     cdef int _fail(self, int code, str reason) except -1:
         if code == 1009:
