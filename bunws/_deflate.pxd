@@ -61,6 +61,7 @@ cdef class _ZStream:
     cdef z_stream strm
     cdef bint ready        # the z_stream is initialised
     cdef bint dirty        # a call failed half way: reset before the next use
+    cdef bint ended        # inflate: a BFINAL block ended the stream and no data followed yet
 
     cdef int init(self) except -1
     cdef int reset(self) except -1

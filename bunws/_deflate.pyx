@@ -87,6 +87,7 @@ cdef class _ZStream:
         self.level = level
         self.ready = False
         self.dirty = False
+        self.ended = False
 
     cdef int init(self) except -1:
         cdef int ret
@@ -114,6 +115,7 @@ cdef class _ZStream:
             else:
                 inflateReset(&self.strm)
         self.dirty = False
+        self.ended = False
         return 0
 
     def __dealloc__(self):
@@ -379,7 +381,7 @@ cdef class Inflater:
             self.in_message = False
             if self.no_context_takeover:
                 if shared:
-                    inflateReset(&zs.strm)
+                    zs.reset()
                 else:
                     self.zs = None      # frees the private stream of this message
         else:
@@ -417,9 +419,13 @@ cdef bytes _inflate(_ZStream zs, const unsigned char *data, Py_ssize_t n,
                     strm.avail_in = <uInt>given
                     remaining -= given
                 elif tail_pending:
+                    tail_pending = False
+                    if zs.ended:
+                        # The message was a complete stream (BFINAL): the tail
+                        # would open a stored block that never ends.
+                        break
                     strm.next_in = <Bytef *>TAIL
                     strm.avail_in = 4
-                    tail_pending = False
             if produced == cap:
                 if cap >= limit:
                     raise MessageTooBig()
@@ -430,7 +436,10 @@ cdef bytes _inflate(_ZStream zs, const unsigned char *data, Py_ssize_t n,
                 step = INFLATE_STEP
             strm.next_out = <Bytef *>_bytes_data(buf) + produced
             strm.avail_out = <uInt>step
+            given = strm.avail_in
             ret = inflate(strm, Z_SYNC_FLUSH)
+            if strm.avail_in != given:
+                zs.ended = False    # the fresh stream got data: the tail is needed again
             produced += step - strm.avail_out
             if produced > max_length:
                 raise MessageTooBig()
@@ -438,6 +447,7 @@ cdef bytes _inflate(_ZStream zs, const unsigned char *data, Py_ssize_t n,
                 # A complete stream ending in a BFINAL block (accepted, like Bun):
                 # start a fresh stream for whatever follows, the tail included.
                 inflateReset(strm)
+                zs.ended = True
                 if strm.avail_in == 0 and remaining == 0 and not tail_pending:
                     break
             elif ret == Z_OK or ret == Z_BUF_ERROR:
