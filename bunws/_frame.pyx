@@ -109,45 +109,44 @@ cdef extern from *:
             if (st == BUNWS_UTF8_REJECT || i >= n) return st;
             st = bunws_utf8_next[st * 12 + bunws_utf8_class[s[i++]]];
         }
-        while (i < n) {
-            if (i + 16 <= n) {
-                memcpy(&a, s + i, 8); memcpy(&b, s + i + 8, 8);
-                if (((a | b) & 0x8080808080808080ULL) == 0) { i += 16; continue; }
-            }
+        /* Main loop: at least 4 bytes left, so any sequence starting at i is
+           wholly in the buffer and needs no bounds checks. */
+        while (i + 4 <= n) {
             c = s[i];
-            if (c < 0x80) { i++; continue; }
-            /* whole sequences in the buffer are checked directly (the common case) */
-            if (c >= 0xC2 && c <= 0xDF) {
-                if (i + 1 < n) {
-                    if ((s[i + 1] & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
-                    i += 2; continue;
+            if (c < 0x80) {
+                /* skip an ASCII run 16 bytes at a time; tried only after an ASCII
+                   byte so that non-ASCII text does not pay for failed checks */
+                i++;
+                while (i + 16 <= n) {
+                    memcpy(&a, s + i, 8); memcpy(&b, s + i + 8, 8);
+                    if (((a | b) & 0x8080808080808080ULL) != 0) break;
+                    i += 16;
                 }
-            } else if (c >= 0xE0 && c <= 0xEF) {
-                if (i + 2 < n) {
-                    c1 = s[i + 1];
-                    if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
-                    if (c == 0xE0 && c1 < 0xA0) return BUNWS_UTF8_REJECT;  /* overlong */
-                    if (c == 0xED && c1 > 0x9F) return BUNWS_UTF8_REJECT;  /* surrogate */
-                    i += 3; continue;
-                }
-            } else if (c >= 0xF0 && c <= 0xF4) {
-                if (i + 3 < n) {
-                    c1 = s[i + 1];
-                    if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
-                        (s[i + 3] & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
-                    if (c == 0xF0 && c1 < 0x90) return BUNWS_UTF8_REJECT;  /* overlong */
-                    if (c == 0xF4 && c1 > 0x8F) return BUNWS_UTF8_REJECT;  /* > U+10FFFF */
-                    i += 4; continue;
-                }
+                continue;
+            }
+            c1 = s[i + 1];
+            if ((c1 & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
+            if ((uint8_t)(c - 0xC2) <= 0xDF - 0xC2) {
+                i += 2;
+            } else if ((uint8_t)(c - 0xE0) <= 0x0F) {
+                if ((s[i + 2] & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
+                if (c == 0xE0 && c1 < 0xA0) return BUNWS_UTF8_REJECT;  /* overlong */
+                if (c == 0xED && c1 > 0x9F) return BUNWS_UTF8_REJECT;  /* surrogate */
+                i += 3;
+            } else if ((uint8_t)(c - 0xF0) <= 0x04) {
+                if ((s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80) return BUNWS_UTF8_REJECT;
+                if (c == 0xF0 && c1 < 0x90) return BUNWS_UTF8_REJECT;  /* overlong */
+                if (c == 0xF4 && c1 > 0x8F) return BUNWS_UTF8_REJECT;  /* > U+10FFFF */
+                i += 4;
             } else {
-                return BUNWS_UTF8_REJECT;
+                return BUNWS_UTF8_REJECT;  /* 80..C1, F5..FF cannot start a sequence */
             }
-            /* a sequence cut by the end of the chunk: its prefix must be valid so far */
-            while (i < n) {
-                st = bunws_utf8_next[st * 12 + bunws_utf8_class[s[i++]]];
-                if (st == BUNWS_UTF8_REJECT) return st;
-            }
-            return st;
+        }
+        /* The last < 4 bytes (possibly a sequence cut by the end of the chunk)
+           go through the DFA, which keeps the state for the next chunk. */
+        while (i < n) {
+            st = bunws_utf8_next[st * 12 + bunws_utf8_class[s[i++]]];
+            if (st == BUNWS_UTF8_REJECT) return st;
         }
         return st;
     }
