@@ -1,0 +1,410 @@
+"""The one benchmark command: bunws side by side with Bun and the Python WebSocket servers.
+
+    bash bench/setup.sh                 # once: peers into bench/.work/
+    python bench/run.py --quick         # a few minutes
+    python bench/run.py                 # full: 3 repetitions, every combination
+    python bench/run.py --scenarios echo --targets bun,bunws,picows --write bench/RESULTS.md
+
+Scenarios: echo (throughput and fixed-rate latency), fanout, conns, core (bench/bench_core.py).
+Method: server pinned to CPU 1, load generator to CPU 0; targets interleaved within each
+repetition (rotated between repetitions); medians over repetitions; every figure also as a
+ratio to Bun and to the best Python peer measured in the same run. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+
+SECTION = "## Servers (bench/run.py)"
+
+# Per-connection in-flight window per payload size: deep enough that the server, not the
+# round trip, is the limit (measured: at W=16 with 256 connections both c_echo and the
+# load generator sit half idle in lock-step; at these depths c_echo runs several times the
+# fastest peer). See bench/README.md.
+ECHO_WINDOW = {16: 128, 1024: 32, 65536: 4}
+SIZE_LABEL = {16: "16 B", 64: "64 B", 1024: "1 KiB", 65536: "64 KiB"}
+
+ECHO_FULL = [(c, s) for s in (16, 1024, 65536) for c in (1, 16, 256)]
+ECHO_QUICK = [(256, 16), (16, 1024), (16, 65536)]
+LATENCY = (16, 16, 10000)        # connections, payload, total msgs/s (moderate for every peer)
+FANOUT_FULL = [(n, s, w) for n in (100, 1000, 5000) for s in (64, 1024) for w in (32, 128)]
+FANOUT_QUICK = [(1000, 64, 32), (1000, 64, 128), (100, 1024, 32)]
+CONNS = 10000
+CONNS_CONCURRENCY = 64           # in-flight handshakes: below asyncio's default backlog (100)
+
+
+def echo_label(c, s):
+    return f"{SIZE_LABEL[s]} × {c} conn (W{ECHO_WINDOW[s]})"
+
+
+def fanout_label(n, s, w):
+    return f"{n} subs × {SIZE_LABEL[s]} (W{w})"
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.stats = H.Stats()
+        self.loadgen = H.build_all()
+        self.dur = args.duration or (1.0 if args.quick else 2.0)
+        self.warm = 0.3 if args.quick else 0.5
+        self.reps = args.reps or (1 if args.quick else 3)
+        self.targets = H.all_targets()
+        if args.targets:
+            want = [x.strip() for x in args.targets.split(",") if x.strip()]
+            unknown = set(want) - {t.name for t in self.targets}
+            if unknown:
+                sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
+            self.targets = [t for t in self.targets if t.name in want]
+        for t in self.targets:
+            H.check_target(t)
+            if t.unavailable:
+                H.log(f"[skip] {t.name}: {t.unavailable}")
+        self.core_md = None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def available(self):
+        return [t for t in self.targets if not t.unavailable]
+
+    def start_all(self, scenario):
+        servers = {}
+        for t in self.available():
+            s = H.ServerProc(t)
+            err = s.wait_ready()
+            if err:
+                s.stop()
+                t.unavailable = f"failed to start: {err}"
+                H.log(f"[skip] {t.name}: {t.unavailable}")
+                continue
+            servers[t.name] = s
+        return servers
+
+    def ensure_alive(self, servers, name, scenario, config):
+        s = servers[name]
+        if s.alive() and H.ws_handshake_ok(s.port):
+            return s
+        self.stats.note(scenario, config, name, "server died or stopped answering; restarted")
+        H.log(f"[warn] {name} not answering before {config}: restarting ({s.tail()})")
+        s.stop()
+        s = H.ServerProc(s.t)
+        err = s.wait_ready()
+        if err:
+            s.stop()
+            return None
+        servers[name] = s
+        return s
+
+    def measure(self, servers, name, scenario, config, lg_args):
+        s = self.ensure_alive(servers, name, scenario, config)
+        if s is None:
+            self.stats.note(scenario, config, name, "could not restart")
+            return None
+        for other in servers.values():  # nobody's teardown may overlap this run
+            other.settle()
+        c0, t0 = s.cpu(), time.monotonic()
+        res = H.run_loadgen(self.loadgen, ["--port", s.port] + lg_args,
+                            timeout=self.warm + self.dur + 60)
+        c1, t1 = s.cpu(), time.monotonic()
+        if c0 is not None and c1 is not None:
+            res["server_cpu"] = (c1 - c0) / H.TICK / max(t1 - t0, 1e-6)
+        res.update(target=name, scenario=scenario, config=config)
+        self.stats.raw.append(res)
+        if "error" in res:
+            self.stats.note(scenario, config, name, f"error: {res['error']}")
+            H.log(f"  {name:18s} ERROR {res['error']}")
+            return None
+        if res.get("failed"):
+            self.stats.note(scenario, config, name, f"{res['failed']} connections failed")
+        if res.get("closed_by_server"):
+            self.stats.note(scenario, config, name, f"{res['closed_by_server']} connections closed by server")
+        if res.get("bad_len"):
+            self.stats.note(scenario, config, name, f"{res['bad_len']} messages of unexpected length")
+        return res
+
+    # -- scenarios ----------------------------------------------------------------------
+
+    def echo(self):
+        configs = ECHO_QUICK if self.args.quick else ECHO_FULL
+        text = ["--text"] if self.args.text else []
+        lat_c, lat_s, lat_rate = LATENCY
+        lat_label = f"{SIZE_LABEL[lat_s]} × {lat_c} conn @ {lat_rate // 1000} k msg/s"
+        for rep in range(self.reps):
+            H.log(f"[echo] repetition {rep + 1}/{self.reps}")
+            servers = self.start_all("echo")
+            names = H.interleaved(list(servers), rep)
+            try:
+                for (c, size) in configs:
+                    label = echo_label(c, size)
+                    H.log(f" {label}")
+                    for name in names:
+                        r = self.measure(servers, name, "echo", label,
+                                         ["--mode", "echo", "--conns", c, "--size", size,
+                                          "--window", ECHO_WINDOW[size], "--duration", self.dur,
+                                          "--warmup", self.warm] + text)
+                        if r:
+                            self.stats.add("echo", label, name, "msgs_per_s", r["msgs_per_s"])
+                            self.stats.add("echo", label, name, "client_cpu", r.get("client_cpu"))
+                            self.stats.add("echo", label, name, "server_cpu", r.get("server_cpu"))
+                            H.log(f"  {name:18s} {H.fmt_num(r['msgs_per_s'])} msg/s  "
+                                  f"client {r.get('client_cpu', 0):.0%} server {r.get('server_cpu', 0):.0%}")
+                H.log(f" {lat_label}")
+                for name in names:
+                    r = self.measure(servers, name, "latency", lat_label,
+                                     ["--mode", "echo", "--conns", lat_c, "--size", lat_s, "--rate", lat_rate,
+                                      "--duration", self.dur, "--warmup", self.warm] + text)
+                    if r and r.get("lat_samples"):
+                        for k in ("lat_p50_us", "lat_p99_us"):
+                            self.stats.add("latency", lat_label, name, k, r[k])
+                        if r["msgs_per_s"] < 0.9 * lat_rate:
+                            self.stats.note("latency", lat_label, name,
+                                            f"could not keep the rate ({r['msgs_per_s']:.0f}/s)")
+                        H.log(f"  {name:18s} p50 {r['lat_p50_us']:.0f} µs  p99 {r['lat_p99_us']:.0f} µs")
+            finally:
+                for s in servers.values():
+                    s.stop()
+
+    def fanout(self):
+        configs = FANOUT_QUICK if self.args.quick else FANOUT_FULL
+        for rep in range(self.reps):
+            H.log(f"[fanout] repetition {rep + 1}/{self.reps}")
+            servers = self.start_all("fanout")
+            names = H.interleaved(list(servers), rep)
+            try:
+                for (n, size, w) in configs:
+                    label = fanout_label(n, size, w)
+                    H.log(f" {label}")
+                    for name in names:
+                        r = self.measure(servers, name, "fanout", label,
+                                         ["--mode", "fanout", "--subs", n, "--size", size, "--window", w,
+                                          "--duration", self.dur, "--warmup", self.warm,
+                                          "--concurrency", 256])
+                        if r:
+                            self.stats.add("fanout", label, name, "deliveries_per_s", r["deliveries_per_s"])
+                            self.stats.add("fanout", label, name, "client_cpu", r.get("client_cpu"))
+                            if r.get("stall_sends"):
+                                self.stats.note("fanout", label, name,
+                                                "messages lost: the publisher had to go past the window "
+                                                f"{r['stall_sends']}× (slowest subscriber stalled 200 ms)")
+                            H.log(f"  {name:18s} {H.fmt_num(r['deliveries_per_s'])} deliveries/s  "
+                                  f"client {r.get('client_cpu', 0):.0%} stalls {r.get('stall_sends', 0)}")
+            finally:
+                for s in servers.values():
+                    s.stop()
+
+    def conns(self):
+        n = self.args.conns or CONNS
+        label = f"{n} idle conns"
+        for rep in range(self.reps):
+            H.log(f"[conns] repetition {rep + 1}/{self.reps}")
+            for t in H.interleaved(self.available(), rep):
+                s = H.ServerProc(t)   # fresh server: RSS must start from an idle process
+                try:
+                    err = s.wait_ready()
+                    if err:
+                        self.stats.note("conns", label, t.name, f"failed to start: {err}")
+                        continue
+                    r = H.run_conns(self.loadgen, s, n, CONNS_CONCURRENCY, timeout=120)
+                    r.update(target=t.name, scenario="conns", config=label)
+                    self.stats.raw.append(r)
+                    if "error" in r:
+                        self.stats.note("conns", label, t.name, r["error"])
+                    if r.get("opened"):
+                        self.stats.add("conns", label, t.name, "handshakes_per_s", r.get("handshakes_per_s"))
+                        self.stats.add("conns", label, t.name, "rss_per_conn_kib", r.get("rss_per_conn_kib"))
+                        H.log(f"  {t.name:18s} {H.fmt_num(r.get('handshakes_per_s'))} handshakes/s  "
+                              f"{r.get('rss_per_conn_kib', 0):.2f} KiB/conn  ({r.get('opened')} open)")
+                    else:
+                        H.log(f"  {t.name:18s} ERROR {r.get('error')}")
+                finally:
+                    s.stop()
+
+    def core(self):
+        path = os.path.join(H.BENCH, "bench_core.py")
+        if not os.path.exists(path):
+            self.core_md = "_bench/bench_core.py not present yet: codec table skipped._\n"
+            H.log("[core] bench/bench_core.py not present: skipped")
+            return
+        env = dict(os.environ, PYTHONPATH=H.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = H.pinned([H.venv_python(), path] + (["--quick"] if self.args.quick else []), H.SERVER_CPU)
+        H.log(f"[core] {' '.join(cmd)}")
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=H.ROOT)
+            if r.returncode != 0 and self.args.quick and "unrecognized arguments" in r.stderr:
+                cmd = cmd[:-1]
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=H.ROOT)
+        except subprocess.TimeoutExpired:
+            self.core_md = "_bench/bench_core.py timed out (900 s)._\n"
+            return
+        if r.returncode != 0:
+            self.core_md = (f"_bench/bench_core.py failed (exit {r.returncode}):_\n\n```\n"
+                            f"{r.stderr.strip()[-1500:]}\n```\n")
+        else:
+            self.core_md = r.stdout.strip() + "\n"
+
+    # -- report -------------------------------------------------------------------------
+
+    def report(self, argv, t_start):
+        S = self.stats
+        info = H.machine_info()
+        v = H.versions()
+        order = [t.name for t in self.targets]
+        out = [SECTION, ""]
+        out.append(f"- date: {info['date']} (wall time {time.time() - t_start:.0f} s)")
+        out.append(f"- command: `{argv}`")
+        out.append(f"- machine: {info['cpu']}, {info['cpus']} CPUs, kernel {info['kernel']}, "
+                   f"load average at the end {info.get('load', '?')}")
+        out.append("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+        out.append(f"- method: server pinned to CPU {H.SERVER_CPU}, load generator (bench/loadgen.c, "
+                   f"`cc -O2`) to CPU {H.CLIENT_CPU}{'' if H.have_taskset() else ' (taskset missing: UNPINNED)'}; "
+                   f"{self.reps} repetition(s), {self.dur:g} s measured after {self.warm:g} s warm-up; targets "
+                   "interleaved within each repetition (order rotated per repetition); medians. "
+                   "`~` = spread (max−min)/median over 25 %; `†` = see notes.")
+        out.append("")
+        if any(k[0] == "echo" for k in S.samples):
+            cfgs = [echo_label(c, s) for (c, s) in (ECHO_QUICK if self.args.quick else ECHO_FULL)]
+            out.append("### Echo throughput (messages/s echoed, higher is better)\n")
+            out.append(f"Binary frames{' (text: --text)' if self.args.text else ''}; "
+                       "W = messages in flight per connection.\n")
+            out.append(H.table(S, "echo", cfgs, order, "msgs_per_s"))
+            out.append("Load-generator CPU share / server CPU share during each run (median): "
+                       "a client well under 100 % was not the bottleneck.\n")
+            names = [t for t in order if any(S.median("echo", c, t, "client_cpu") is not None for c in cfgs)]
+            out.append("| config | " + " | ".join(names) + " |")
+            out.append("|---" * (len(names) + 1) + "|")
+            for c in cfgs:
+                row = [c]
+                for t in names:
+                    a, b = S.median("echo", c, t, "client_cpu"), S.median("echo", c, t, "server_cpu")
+                    row.append("–" if a is None else f"{a:.0%} / {b:.0%}" if b is not None else f"{a:.0%}")
+                out.append("| " + " | ".join(row) + " |")
+            out.append("")
+        if any(k[0] == "latency" for k in S.samples):
+            lat_c, lat_s, lat_rate = LATENCY
+            lat_label = f"{SIZE_LABEL[lat_s]} × {lat_c} conn @ {lat_rate // 1000} k msg/s"
+            out.append("### Echo round-trip latency at a fixed moderate rate (µs, lower is better)\n")
+            out.append(H.table(S, "latency", [lat_label], order, "lat_p50_us", higher_better=False,
+                               title="p50"))
+            out.append(H.table(S, "latency", [lat_label], order, "lat_p99_us", higher_better=False,
+                               title="p99"))
+        if any(k[0] == "fanout" for k in S.samples):
+            cfgs = [fanout_label(*x) for x in (FANOUT_QUICK if self.args.quick else FANOUT_FULL)]
+            out.append("### Fan-out (deliveries/s to all subscribers, higher is better)\n")
+            out.append("One publisher on /pub, N subscribers on /sub; W = messages published but not yet "
+                       "received by the slowest subscriber.\n")
+            out.append(H.table(S, "fanout", cfgs, order, "deliveries_per_s"))
+        if any(k[0] == "conns" for k in S.samples):
+            label = f"{self.args.conns or CONNS} idle conns"
+            out.append("### Connections (idle WebSockets, deflate off)\n")
+            out.append(H.table(S, "conns", [label], order, "handshakes_per_s", title="handshakes/s "
+                               f"(at most {CONNS_CONCURRENCY} in flight; higher is better)"))
+            out.append(H.table(S, "conns", [label], order, "rss_per_conn_kib", unit="KiB",
+                               higher_better=False, title="server RSS per connection (VmRSS after − before, "
+                               "lower is better)"))
+        if self.core_md is not None:
+            out.append("### Codec (bench/bench_core.py)\n")
+            out.append(self.core_md)
+        notes = []
+        for t in self.targets:
+            if t.unavailable:
+                notes.append(f"- **{t.name}** not measured: {t.unavailable}")
+        for (sc, cfg, t), ns in sorted(S.notes.items()):
+            for n in sorted(ns):
+                notes.append(f"- † {sc} / {cfg} / {t}: {n}")
+        ceiling = self.ceiling_line()
+        if ceiling:
+            notes.insert(0, ceiling)
+        if notes:
+            out.append("### Notes\n")
+            out.extend(notes)
+            out.append("")
+        return "\n".join(out).rstrip() + "\n"
+
+    def ceiling_line(self):
+        S = self.stats
+        parts = []
+        for key in sorted({k[1] for k in S.samples if k[0] == "echo"}):
+            ce = S.median("echo", key, "c_echo", "msgs_per_s")
+            others = [(S.median("echo", key, t.name, "msgs_per_s"), t.name) for t in self.targets
+                      if t.name != "c_echo"]
+            others = [o for o in others if o[0]]
+            if ce and others:
+                best = max(others)
+                parts.append(f"{key}: c_echo {H.fmt_num(ce)} = {ce / best[0]:.1f}× the fastest server "
+                             f"({best[1]})")
+        if not parts:
+            return ""
+        cc = [v for k, v in S.samples.items() if k[0] == "echo" and k[3] == "client_cpu" and k[2] != "c_echo"]
+        mx = max(max(x) for x in cc) if cc else None
+        s = "- Instrument ceiling (echo): " + "; ".join(parts) + "."
+        if mx is not None:
+            s += f" Highest load-generator CPU share against a real server: {mx:.0%}."
+        return s
+
+
+def write_section(path, section):
+    """Replace only the '## Servers (bench/run.py)' section of path (append if absent)."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if re.match(r"^## (?!#)", lines[j])), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few combinations, 1 repetition (a few minutes)")
+    ap.add_argument("--scenarios", default="echo,fanout,conns,core",
+                    help="comma list of echo,fanout,conns,core (default: all)")
+    ap.add_argument("--targets", default="", help="comma list of target names (default: all available)")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions (default 1 quick, 3 full)")
+    ap.add_argument("--duration", type=float, default=0, help="measured seconds per run")
+    ap.add_argument("--conns", type=int, default=0, help=f"idle connections for conns (default {CONNS})")
+    ap.add_argument("--text", action="store_true", help="echo with text frames instead of binary")
+    ap.add_argument("--write", metavar="RESULTS.md", help="replace the servers section of this file")
+    ap.add_argument("--json", metavar="FILE", help="also dump every raw run as JSON")
+    ap.add_argument("--list", action="store_true", help="list targets and their availability, then exit")
+    args = ap.parse_args()
+    argv = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    t_start = time.time()
+    r = Runner(args)
+    if args.list:
+        for t in r.targets:
+            print(f"{t.name:18s} {'ok' if not t.unavailable else 'SKIP: ' + t.unavailable}  {t.note}")
+        return
+    scen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = set(scen) - {"echo", "fanout", "conns", "core"}
+    if bad:
+        sys.exit(f"unknown scenarios: {', '.join(sorted(bad))}")
+    try:
+        for s in scen:
+            getattr(r, s)()
+    except KeyboardInterrupt:
+        H.log("interrupted: reporting what was measured")
+    md = r.report(argv, t_start)
+    print(md)
+    raw_path = args.json or os.path.join(H.WORK, "last-run.json")
+    with open(raw_path, "w") as f:
+        json.dump({"command": argv, "runs": r.stats.raw}, f, indent=1)
+    if args.write:
+        write_section(args.write, md)
+        H.log(f"[write] section '{SECTION}' of {args.write} replaced")
+
+
+if __name__ == "__main__":
+    main()
