@@ -480,7 +480,10 @@ class Connection(asyncio.Protocol):
         self.deadline = self.server._now + self.server.close_timeout
         transport = self.transport
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is already gone
+                transport.abort()
         self._finish(code, reason)
 
     def _closing_data(self, data: bytes) -> None:

@@ -20,17 +20,24 @@ __all__ = ["TopicRegistry", "encode_message", "fan_out"]
 
 
 class TopicRegistry:
-    """``topic -> {socket: None}``; a topic disappears with its last subscriber."""
+    """``topic -> {socket: None}``; a topic disappears with its last subscriber.
 
-    __slots__ = ("_topics",)
+    ``listener`` (a backplane) hears ``subscribe(topic)`` when a topic gains its first
+    local subscriber and ``unsubscribe(topic)`` when it loses its last one.
+    """
+
+    __slots__ = ("_topics", "listener")
 
     def __init__(self) -> None:
         self._topics: dict[str, dict[ServerWebSocket, None]] = {}
+        self.listener: Any = None
 
     def add(self, topic: str, ws: ServerWebSocket) -> None:
         subs = self._topics.get(topic)
         if subs is None:
             self._topics[topic] = {ws: None}
+            if self.listener is not None:
+                self.listener.subscribe(topic)
         else:
             subs[ws] = None
 
@@ -40,6 +47,12 @@ class TopicRegistry:
             subs.pop(ws, None)
             if not subs:
                 del self._topics[topic]
+                if self.listener is not None:
+                    self.listener.unsubscribe(topic)
+
+    def topics(self) -> list[str]:
+        """Topics with at least one local subscriber."""
+        return list(self._topics)
 
     def get(self, topic: str) -> dict[ServerWebSocket, None] | None:
         return self._topics.get(topic)

@@ -187,8 +187,9 @@ class Server:
                 conn.transport.close()
             elif conn.phase == WEBSOCKET and conn.ws is not None:
                 conn.ws.close(1001, "Server shutting down")
-                if close_active:
-                    conn.transport.close()
+            if close_active and conn.phase != HTTP:
+                # Do not wait for the peers' Close answers; the 1001 is flushed first.
+                conn.transport.close()
         if self._connections:
             self._all_gone = asyncio.Event()
             try:
@@ -209,6 +210,18 @@ class Server:
         if self._aio_server is not None:
             await self._aio_server.wait_closed()
         self._stopped.set()
+
+    async def attach_backplane(self, backplane: Any) -> None:
+        """Connect a cross-process pub/sub backplane (see :mod:`bunws.backplane`).
+
+        The backplane gets ``publish(topic, opcode, payload, compress)`` for every
+        publish, ``subscribe(topic)`` / ``unsubscribe(topic)`` when a topic gains its
+        first / loses its last local subscriber, and delivers remote messages with
+        :meth:`_publish_local`. It is closed by :meth:`stop`.
+        """
+        self.backplane = backplane
+        self._topics.listener = backplane
+        await backplane.start(self)
 
     def _connection_gone(self) -> None:
         if self._all_gone is not None and not self._connections:
@@ -328,7 +341,7 @@ class Server:
     def _publish(self, topic: str, data: Any, compress: bool, exclude: ServerWebSocket | None) -> int:
         opcode, payload = encode_message(data)
         if self.backplane is not None:
-            self.backplane.publish(topic, opcode, payload, compress, exclude)
+            self.backplane.publish(topic, opcode, payload, compress)
         return self._publish_local(topic, opcode, payload, compress, exclude)
 
     def _publish_local(
@@ -394,6 +407,7 @@ async def serve(
     max_pending_handshakes: int = 1024,
     allowed_origins: Iterable[str] | str | None = None,
     sock: socket.socket | None = None,
+    backplane: Any = None,
 ) -> Server:
     """Start a server on the running loop and return it (``Bun.serve``).
 
@@ -418,6 +432,8 @@ async def serve(
         allowed_origins=allowed_origins,
     )
     await server._start(sock)
+    if backplane is not None:
+        await server.attach_backplane(backplane)
     return server
 
 
