@@ -281,6 +281,7 @@ class ServerProc:
         self.p = subprocess.Popen(pinned(target.argv, SERVER_CPU), env=env, stdout=self.log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   preexec_fn=_raise_nofile, start_new_session=True)
+        self.paused = False
 
     @property
     def pid(self):
@@ -326,7 +327,21 @@ class ServerProc:
                 return
             last = now
 
+    def pause(self):
+        """SIGSTOP the server's process group: an idle peer that polls (socketify uses ~5 %
+        of a core while idle) must not take CPU from the target being measured."""
+        if self.p.poll() is None and not self.paused:
+            os.killpg(self.p.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self):
+        if self.p.poll() is None and self.paused:
+            os.killpg(self.p.pid, signal.SIGCONT)
+            self.paused = False
+            time.sleep(0.05)
+
     def stop(self):
+        self.resume()
         if self.p.poll() is None:
             try:
                 os.killpg(self.p.pid, signal.SIGTERM)
@@ -345,19 +360,53 @@ class ServerProc:
 
 # --------------------------------------------------------------------------- load generator
 
-def run_loadgen(loadgen, args, timeout):
-    """Run the load generator pinned to the client CPU; returns its parsed JSON line."""
+def run_loadgen(loadgen, args, timeout, server=None):
+    """Run the load generator pinned to the client CPU; returns its parsed result line.
+
+    If server is given, its CPU time is sampled when the load generator announces the start
+    of the measured window and again when the result arrives: res["server_cpu"] is the
+    server's CPU share over (about) the measured window."""
+    import selectors
     cmd = pinned([loadgen] + [str(a) for a in args], CLIENT_CPU)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_raise_nofile, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    res, c0, t0 = None, None, None
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=_raise_nofile, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return {"error": f"load generator exceeded {timeout:.0f}s"}
-    line = (r.stdout.strip().splitlines() or [""])[-1]
-    try:
-        return json.loads(line)
-    except ValueError:
-        return {"error": f"bad loadgen output rc={r.returncode}: {line[:200]} {r.stderr[:200]}"}
+        while res is None and time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = p.stdout.readline()
+            if not line:
+                break
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("event") == "measuring":
+                if server is not None:
+                    c0, t0 = server.cpu(), time.monotonic()
+                continue
+            res = obj
+            if server is not None and c0 is not None:
+                c1, t1 = server.cpu(), time.monotonic()
+                if c1 is not None:
+                    res["server_cpu"] = (c1 - c0) / TICK / max(t1 - t0, 1e-6)
+    finally:
+        sel.close()
+        if res is None and p.poll() is None:
+            p.kill()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if res is None:
+        err = (p.stderr.read() or "")[-300:]
+        return {"error": f"no result from the load generator (rc={p.returncode}) {err}".strip()}
+    return res
 
 
 def run_conns(loadgen, server: ServerProc, n, concurrency, timeout):

@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,6 +123,7 @@ static uint64_t oldest;        /* min over subscribers of last sequence received
 static uint32_t seqcnt[SEQ_RING];
 static double last_progress;
 static uint64_t stall_sends;
+static uint64_t lost_measured; /* sequence gaps seen by subscribers while measuring */
 static conn_t *pub;
 
 static double now_s(void) {
@@ -253,6 +255,7 @@ static int flush_out(conn_t *c) {
 static void fanout_sub_seq(conn_t *c, uint64_t seq) {
     /* move this subscriber from its old position to seq; advance the global minimum */
     if (seq <= (uint64_t)c->last_seq || seq > pub_seq) return;
+    if (measuring && c->last_seq > 0) lost_measured += seq - (uint64_t)c->last_seq - 1;
     seqcnt[c->last_seq % SEQ_RING]--;
     seqcnt[seq % SEQ_RING]++;
     c->last_seq = (int64_t)seq;
@@ -594,6 +597,7 @@ int main(int argc, char **argv) {
     if (mode_fan && o_size < 8) o_size = 8; /* room for the sequence number */
     if (o_timeout <= 0) o_timeout = o_warmup + o_duration + 30.0;
 
+    signal(SIGPIPE, SIG_IGN); /* a peer that resets must not kill the generator */
     /* raise our own fd limit as far as the hard limit allows */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -651,6 +655,7 @@ int main(int argc, char **argv) {
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev);
 
     double t0 = now_s(), deadline = t0 + o_timeout;
+    double cpu_conn_start = cpu_s();
     double t_conn_start = t0, t_conn_end = 0;
     int next_to_start = 0;
     int to_start_total = mode_fan ? o_subs : nconns; /* publisher connects after the subscribers */
@@ -662,7 +667,7 @@ int main(int argc, char **argv) {
     int hold_printed = 0;
     double hold_deadline = 0;
     const char *end_reason = "duration";
-    struct epoll_event evs[512];
+    struct epoll_event evs[2048];
 
     for (;;) {
         double t = now_s();
@@ -712,6 +717,10 @@ int main(int argc, char **argv) {
             lat_n = 0;
             t_measure_start = t;
             cpu_measure_start = cpu_s();
+            if (!mode_conns) { /* lets the harness sample the server's CPU time over the same window */
+                printf("{\"event\":\"measuring\"}\n");
+                fflush(stdout);
+            }
         }
         if (phase == 2 && t - t_measure_start >= o_duration) break;
         if (phase == 2 && o_max_msgs && msgs_measured >= o_max_msgs) {
@@ -722,8 +731,9 @@ int main(int argc, char **argv) {
             if (!hold_printed) {
                 double el = t_conn_end - t_conn_start;
                 printf("{\"mode\":\"conns\",\"phase\":\"held\",\"requested\":%d,\"opened\":%llu,\"failed\":%llu,"
-                       "\"seconds\":%.4f,\"handshakes_per_s\":%.1f}\n",
-                       nconns, (unsigned long long)n_open, (unsigned long long)n_failed, el, el > 0 ? n_open / el : 0.0);
+                       "\"seconds\":%.4f,\"handshakes_per_s\":%.1f,\"client_cpu\":%.3f}\n",
+                       nconns, (unsigned long long)n_open, (unsigned long long)n_failed, el, el > 0 ? n_open / el : 0.0,
+                       el > 0 ? (cpu_s() - cpu_conn_start) / el : 0.0);
                 fflush(stdout);
                 hold_printed = 1;
                 hold_deadline = t + o_hold;
@@ -745,6 +755,23 @@ int main(int argc, char **argv) {
                 seen_oldest = oldest;
                 last_progress = t;
             } else if (t - last_progress > 0.2) {
+                if (getenv("LOADGEN_DEBUG")) {
+                    int at = 0;
+                    conn_t *slow = NULL;
+                    for (int i = 0; i < o_subs; i++)
+                        if (conns[i].state == ST_OPEN && (uint64_t)conns[i].last_seq == oldest) {
+                            at++;
+                            if (!slow) slow = &conns[i];
+                        }
+                    fprintf(stderr, "stall: oldest=%llu pub_seq=%llu subs_at_oldest=%d pub_pending=%zu pub_state=%d",
+                            (unsigned long long)oldest, (unsigned long long)pub_seq, at, pub->oblen - pub->oboff,
+                            pub->state);
+                    if (slow)
+                        fprintf(stderr, " slow: recvd=%llu hdrneed=%d hdrlen=%d remaining=%llu want_out=%d",
+                                (unsigned long long)slow->recvd, slow->hdrneed, slow->hdrlen,
+                                (unsigned long long)slow->remaining, slow->want_out);
+                    fprintf(stderr, "\n");
+                }
                 publish_one();
                 flush_out(pub);
                 stall_sends++;
@@ -752,7 +779,7 @@ int main(int argc, char **argv) {
             }
         }
 
-        int n = epoll_wait(epfd, evs, 512, 10);
+        int n = epoll_wait(epfd, evs, 2048, 10);
         if (n < 0 && errno != EINTR) die("epoll_wait failed");
         for (int k = 0; k < n; k++) {
             uint32_t id = evs[k].data.u32;
@@ -827,8 +854,10 @@ out:;
                measured > 0 ? msgs_measured / measured : 0.0, measured > 0 ? bytes_measured / measured : 0.0,
                (unsigned long long)bad, (unsigned long long)sent, cpu_frac);
         if (mode_fan)
-            printf(",\"published\":%llu,\"slowest_seq\":%llu,\"stall_sends\":%llu,\"deliveries_per_s\":%.1f",
+            printf(",\"published\":%llu,\"slowest_seq\":%llu,\"stall_sends\":%llu,\"lost\":%llu,"
+                   "\"deliveries_per_s\":%.1f",
                    (unsigned long long)pub_seq, (unsigned long long)oldest, (unsigned long long)stall_sends,
+                   (unsigned long long)lost_measured,
                    measured > 0 ? msgs_measured / measured : 0.0);
         if (mode_echo && o_rate > 0) {
             printf(",\"rate\":%.1f", o_rate);

@@ -86,11 +86,13 @@ class Runner:
                 t.unavailable = f"failed to start: {err}"
                 H.log(f"[skip] {t.name}: {t.unavailable}")
                 continue
+            s.pause()
             servers[t.name] = s
         return servers
 
     def ensure_alive(self, servers, name, scenario, config):
         s = servers[name]
+        s.resume()
         if s.alive() and H.ws_handshake_ok(s.port):
             return s
         self.stats.note(scenario, config, name, "server died or stopped answering; restarted")
@@ -109,14 +111,12 @@ class Runner:
         if s is None:
             self.stats.note(scenario, config, name, "could not restart")
             return None
-        for other in servers.values():  # nobody's teardown may overlap this run
-            other.settle()
-        c0, t0 = s.cpu(), time.monotonic()
+        # every other server is SIGSTOPped (see start_all); only this one can run
+        s.settle()
         res = H.run_loadgen(self.loadgen, ["--port", s.port] + lg_args,
-                            timeout=self.warm + self.dur + 60)
-        c1, t1 = s.cpu(), time.monotonic()
-        if c0 is not None and c1 is not None:
-            res["server_cpu"] = (c1 - c0) / H.TICK / max(t1 - t0, 1e-6)
+                            timeout=self.warm + self.dur + 60, server=s)
+        s.settle()  # its teardown of this run's connections happens now, not in the next run
+        s.pause()
         res.update(target=name, scenario=scenario, config=config)
         self.stats.raw.append(res)
         if "error" in res:
@@ -150,7 +150,7 @@ class Runner:
                         r = self.measure(servers, name, "echo", label,
                                          ["--mode", "echo", "--conns", c, "--size", size,
                                           "--window", ECHO_WINDOW[size], "--duration", self.dur,
-                                          "--warmup", self.warm] + text)
+                                          "--warmup", self.warm, "--concurrency", CONNS_CONCURRENCY] + text)
                         if r:
                             self.stats.add("echo", label, name, "msgs_per_s", r["msgs_per_s"])
                             self.stats.add("echo", label, name, "client_cpu", r.get("client_cpu"))
@@ -161,7 +161,8 @@ class Runner:
                 for name in names:
                     r = self.measure(servers, name, "latency", lat_label,
                                      ["--mode", "echo", "--conns", lat_c, "--size", lat_s, "--rate", lat_rate,
-                                      "--duration", self.dur, "--warmup", self.warm] + text)
+                                      "--duration", self.dur, "--warmup", self.warm,
+                                      "--concurrency", CONNS_CONCURRENCY] + text)
                     if r and r.get("lat_samples"):
                         for k in ("lat_p50_us", "lat_p99_us"):
                             self.stats.add("latency", lat_label, name, k, r[k])
@@ -187,16 +188,22 @@ class Runner:
                         r = self.measure(servers, name, "fanout", label,
                                          ["--mode", "fanout", "--subs", n, "--size", size, "--window", w,
                                           "--duration", self.dur, "--warmup", self.warm,
-                                          "--concurrency", 256])
+                                          "--concurrency", CONNS_CONCURRENCY])
                         if r:
                             self.stats.add("fanout", label, name, "deliveries_per_s", r["deliveries_per_s"])
                             self.stats.add("fanout", label, name, "client_cpu", r.get("client_cpu"))
+                            self.stats.add("fanout", label, name, "server_cpu", r.get("server_cpu"))
+                            if r.get("lost"):
+                                self.stats.note("fanout", label, name,
+                                                f"{r['lost']} messages lost by subscribers (sequence gaps) "
+                                                "while measuring")
                             if r.get("stall_sends"):
                                 self.stats.note("fanout", label, name,
-                                                "messages lost: the publisher had to go past the window "
-                                                f"{r['stall_sends']}× (slowest subscriber stalled 200 ms)")
+                                                f"slowest subscriber made no progress for 200 ms "
+                                                f"{r['stall_sends']}× (the publisher then sent past the window)")
                             H.log(f"  {name:18s} {H.fmt_num(r['deliveries_per_s'])} deliveries/s  "
-                                  f"client {r.get('client_cpu', 0):.0%} stalls {r.get('stall_sends', 0)}")
+                                  f"client {r.get('client_cpu', 0):.0%} lost {r.get('lost', 0)} "
+                                  f"stalls {r.get('stall_sends', 0)}")
             finally:
                 for s in servers.values():
                     s.stop()
@@ -221,6 +228,7 @@ class Runner:
                     if r.get("opened"):
                         self.stats.add("conns", label, t.name, "handshakes_per_s", r.get("handshakes_per_s"))
                         self.stats.add("conns", label, t.name, "rss_per_conn_kib", r.get("rss_per_conn_kib"))
+                        self.stats.add("conns", label, t.name, "client_cpu", r.get("client_cpu"))
                         H.log(f"  {t.name:18s} {H.fmt_num(r.get('handshakes_per_s'))} handshakes/s  "
                               f"{r.get('rss_per_conn_kib', 0):.2f} KiB/conn  ({r.get('opened')} open)")
                     else:
@@ -276,8 +284,9 @@ class Runner:
             out.append(f"Binary frames{' (text: --text)' if self.args.text else ''}; "
                        "W = messages in flight per connection.\n")
             out.append(H.table(S, "echo", cfgs, order, "msgs_per_s"))
-            out.append("Load-generator CPU share / server CPU share during each run (median): "
-                       "a client well under 100 % was not the bottleneck.\n")
+            out.append("Load-generator CPU share / server CPU share over the measured window (median): "
+                       "a client well under 100 % was not the bottleneck; a server well under 100 % "
+                       "did not get its whole core (shared machine) or waited on round trips.\n")
             names = [t for t in order if any(S.median("echo", c, t, "client_cpu") is not None for c in cfgs)]
             out.append("| config | " + " | ".join(names) + " |")
             out.append("|---" * (len(names) + 1) + "|")
@@ -341,14 +350,31 @@ class Runner:
                 best = max(others)
                 parts.append(f"{key}: c_echo {H.fmt_num(ce)} = {ce / best[0]:.1f}× the fastest server "
                              f"({best[1]})")
-        if not parts:
-            return ""
-        cc = [v for k, v in S.samples.items() if k[0] == "echo" and k[3] == "client_cpu" and k[2] != "c_echo"]
-        mx = max(max(x) for x in cc) if cc else None
-        s = "- Instrument ceiling (echo): " + "; ".join(parts) + "."
-        if mx is not None:
-            s += f" Highest load-generator CPU share against a real server: {mx:.0%}."
-        return s
+        fparts = []
+        for key in sorted({k[1] for k in S.samples if k[0] == "fanout"}):
+            ce = S.median("fanout", key, "c_echo", "deliveries_per_s")
+            cc = S.median("fanout", key, "c_echo", "client_cpu")
+            others = [(S.median("fanout", key, t.name, "deliveries_per_s"), t.name) for t in self.targets
+                      if t.name != "c_echo"]
+            others = [o for o in others if o[0]]
+            if ce and others:
+                best = max(others)
+                bc = S.median("fanout", key, best[1], "client_cpu")
+                fparts.append(f"{key}: c_echo {H.fmt_num(ce)} = {ce / best[0]:.1f}× {best[1]} "
+                              f"(client CPU {cc:.0%} vs {bc:.0%})" if cc is not None and bc is not None else
+                              f"{key}: c_echo {H.fmt_num(ce)} = {ce / best[0]:.1f}× {best[1]}")
+        lines = []
+        if parts:
+            cc = [v for k, v in S.samples.items() if k[0] == "echo" and k[3] == "client_cpu" and k[2] != "c_echo"]
+            mx = max(max(x) for x in cc) if cc else None
+            s = "- Instrument ceiling (echo): " + "; ".join(parts) + "."
+            if mx is not None:
+                s += f" Highest load-generator CPU share against a real server: {mx:.0%}."
+            lines.append(s)
+        if fparts:
+            lines.append("- Instrument ceiling (fan-out): " + "; ".join(fparts) + ". A client CPU share near "
+                         "100 % means that figure is a lower bound set by the one client core.")
+        return "\n".join(lines)
 
 
 def write_section(path, section):

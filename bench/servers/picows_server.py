@@ -4,6 +4,10 @@
 /pub sends every message to each subscriber (the idiomatic loop over a set; picows has no
 pub/sub). GET / -> 200. UVLOOP=1 runs on uvloop. MAX_PAYLOAD sets max_frame_size.
 picows has no permessage-deflate, so DEFLATE is ignored.
+
+Transports: on stock asyncio picows uses aiofastnet (its own default, installed with it);
+on uvloop it uses uvloop's transports, because aiofastnet under uvloop 0.23 fails on
+file-descriptor reuse ("UVPoll closed" in add_reader) once thousands of sockets come and go.
 """
 import asyncio
 import os
@@ -64,8 +68,11 @@ def listener_factory(request):
 
 
 async def main():
-    server = await ws_create_server(listener_factory, "127.0.0.1", PORT,
-                                    max_frame_size=MAX_PAYLOAD, enable_auto_ping=False)
+    kwargs = {"use_aiofastnet": False} if os.environ.get("UVLOOP") == "1" else {}
+    if os.environ.get("PICOWS_AIOFASTNET") in ("0", "1"):  # manual override for experiments
+        kwargs["use_aiofastnet"] = os.environ["PICOWS_AIOFASTNET"] == "1"
+    server = await ws_create_server(listener_factory, "127.0.0.1", PORT, backlog=4096,
+                                    max_frame_size=MAX_PAYLOAD, enable_auto_ping=False, **kwargs)
     print(f"picows listening on 127.0.0.1:{PORT}", flush=True)
     await server.serve_forever()
 

@@ -41,7 +41,7 @@ def process_request(connection, request):
 
 async def main():
     async with serve(handler, "127.0.0.1", PORT, process_request=process_request,
-                     ping_interval=None, ping_timeout=None, max_size=MAX_PAYLOAD,
+                     ping_interval=None, ping_timeout=None, max_size=MAX_PAYLOAD, backlog=4096,
                      compression="deflate" if DEFLATE else None) as server:
         print(f"websockets listening on 127.0.0.1:{PORT}", flush=True)
         await server.serve_forever()
