@@ -60,6 +60,7 @@ def ext(name: str, **kw) -> Extension:
 extensions = [
     ext("_frame"),
     ext("_deflate", libraries=["z"]),
+    ext("_wscore"),
 ]
 
 setup(

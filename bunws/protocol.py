@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from ._frame import FrameParser, encode_close, encode_frame
+from ._wscore import dispatch
 from .errors import ProtocolError
 from .http import Headers, Request, Response, build_response, simple_response
 from .websocket import OP_PING, OP_PONG, ServerWebSocket
@@ -45,7 +46,7 @@ class Connection(asyncio.Protocol):
         self.transport: Any = None
         self.remote_address: str | None = None
         self.phase = HTTP
-        self.paused = False
+        self.paused = False  # ws.pause(): reading stopped, events held in _backlog
         # HTTP phase
         self._http: httptools.HttpRequestParser | None = None
         self._url = b""
@@ -101,13 +102,18 @@ class Connection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        pass
+        # High-water mark 0 (set at upgrade): the transport now holds unsent bytes.
+        if self.ws is not None:
+            self.ws._write_paused = True
 
     def resume_writing(self) -> None:
         # With a high-water mark of 0 this runs exactly when the transport's buffer is
         # empty again: send the one pong kept back meanwhile, then ``drain``.
         ws = self.ws
-        if ws is None or self.phase != WEBSOCKET:
+        if ws is None:
+            return
+        ws._write_paused = False
+        if self.phase != WEBSOCKET:
             return
         pong = ws._pending_pong
         if pong is not None:
@@ -358,92 +364,52 @@ class Connection(asyncio.Protocol):
     def _ws_data(self, data: bytes) -> None:
         self.last_inbound = self.server._now
         self._ping_sent = False
-        if self._backlog is not None:
-            # Paused: keep parsing (bounded by the limits) but hold the events.
-            self._parse_into_backlog(data)
-            return
         parser = self._parser
         try:
             events = parser.feed_flat(data)  # type: ignore[union-attr]
         except ProtocolError as exc:
-            self._protocol_error(exc.close_code, exc.reason)
-            return
-        if events:
+            events = [_ERROR, (exc.close_code, exc.reason)]
+        else:
+            if parser.failed:  # type: ignore[union-attr]
+                # Events completed before the error are delivered first (_frame's rule).
+                events += [_ERROR, (parser.close_code, parser.reason)]  # type: ignore[union-attr]
+        if self._backlog is not None:
+            # Paused: keep parsing (bounded by the limits) but hold the events.
+            self._backlog += events
+        elif events:
             self._dispatch(events, 0)
-        if parser.failed and self.phase == WEBSOCKET:  # type: ignore[union-attr]
-            self._protocol_error(parser.close_code, parser.reason)  # type: ignore[union-attr]
-
-    def _parse_into_backlog(self, data: bytes) -> None:
-        try:
-            events = self._parser.feed_flat(data)  # type: ignore[union-attr]
-        except ProtocolError as exc:
-            self._backlog += [_ERROR, (exc.close_code, exc.reason)]  # type: ignore[operator]
-            return
-        self._backlog += events  # type: ignore[operator]
 
     def _dispatch(self, events: list[Any], start: int) -> None:
-        """Deliver parsed events to the handlers inside one cork."""
+        """Deliver parsed events to the handlers inside one cork (compiled loop)."""
+        dispatch(self, self.ws, events, start, self.server._websocket)
+
+    def _hold(self, events: list[Any]) -> None:
+        """Paused mid-batch: keep the rest for resume()."""
+        self._backlog = events
+
+    def _on_ping(self, payload: bytes) -> None:
         ws = self.ws
         assert ws is not None
-        handler = self.server._websocket
-        message = handler.message
-        binary_type = ws._binary_type
-        ws._corked += 1
-        try:
-            n = len(events)
-            i = start
-            while i < n:
-                if self.paused:
-                    self._backlog = events[i:]
-                    break
-                if self.phase != WEBSOCKET:
-                    break
-                opcode = events[i]
-                payload = events[i + 1]
-                i += 2
-                if opcode == 1 or opcode == 2:
-                    if message is None:
-                        continue
-                    if opcode == 2 and binary_type != "bytes":
-                        payload = bytearray(payload) if binary_type == "bytearray" else memoryview(payload)
-                    try:
-                        result = message(ws, payload)
-                    except Exception as exc:
-                        self._handler_error(exc)
-                        continue
-                    if result is not None and "message" in handler.async_handlers:
-                        self._spawn(result)
-                elif opcode == 9:
-                    self._answer_ping(ws, payload)
-                    if handler.ping is not None:
-                        self._call("ping", handler.ping, ws, self._binary(payload))
-                elif opcode == 10:
-                    if handler.pong is not None:
-                        self._call("pong", handler.pong, ws, self._binary(payload))
-                elif opcode == 8:
-                    self._peer_close(*payload)
-                    break
-                elif opcode == _ERROR:
-                    self._protocol_error(*payload)
-                    break
-        finally:
-            ws._corked -= 1
-            if not ws._corked and ws._ready_state == 1:
-                ws._flush()
-
-    def _binary(self, payload: bytes) -> Any:
-        kind = self.ws._binary_type  # type: ignore[union-attr]
-        if kind == "bytes":
-            return payload
-        return bytearray(payload) if kind == "bytearray" else memoryview(payload)
-
-    def _answer_ping(self, ws: ServerWebSocket, payload: bytes) -> None:
         # RFC 6455 §5.5.3 lets us answer only the latest ping: while the peer is not
         # reading, keep at most one pong back instead of queueing one per ping.
-        if self.transport.get_write_buffer_size():
+        if ws._write_paused:
             ws._pending_pong = payload
-            return
-        ws._out += encode_frame(OP_PONG, payload)
+        else:
+            ws._out += encode_frame(OP_PONG, payload)
+        handler = self.server._websocket.ping
+        if handler is not None:
+            self._call("ping", handler, ws, self._binary(payload))
+
+    def _on_pong(self, payload: bytes) -> None:
+        handler = self.server._websocket.pong
+        if handler is not None:
+            self._call("pong", handler, self.ws, self._binary(payload))
+
+    def _binary(self, payload: bytes) -> Any:
+        kind = self.ws._binary_kind  # type: ignore[union-attr]
+        if kind == 0:
+            return payload
+        return bytearray(payload) if kind == 1 else memoryview(payload)
 
     # ================================================================ closing
     def _peer_close(self, code: int, reason: str) -> None:
@@ -536,12 +502,15 @@ class Connection(asyncio.Protocol):
         if self.paused or self.phase != WEBSOCKET:
             return
         self.paused = True
+        self.ws._paused = True  # type: ignore[union-attr]
+        self._backlog = []
         self.transport.pause_reading()
 
     def resume(self) -> None:
         if not self.paused:
             return
         self.paused = False
+        self.ws._paused = False  # type: ignore[union-attr]
         self.last_inbound = self.server._now
         if self.phase != WEBSOCKET:
             return
@@ -626,7 +595,7 @@ class Connection(asyncio.Protocol):
             ws.close(1011, "Internal error")
 
 
-_ERROR = -1  # pseudo-opcode for a protocol error met while paused
+_ERROR = -1  # pseudo-opcode: a protocol error, delivered after the events before it
 
 
 class _Rejected(Exception):

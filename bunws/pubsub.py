@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._frame import encode_frame
+from ._wscore import fan_out, flush_queued
 from .errors import InvalidType
 
 if TYPE_CHECKING:
     from .websocket import ServerWebSocket
 
-__all__ = ["TopicRegistry", "encode_message", "fan_out"]
+# The per-receiver loop (fan_out) and the end-of-tick write (flush_queued) are
+# compiled in _wscore: it is the only Python-level work per receiver.
+__all__ = ["TopicRegistry", "encode_message", "fan_out", "flush_queued"]
 
 
 class TopicRegistry:
@@ -77,59 +79,3 @@ def encode_message(data: Any) -> tuple[int, bytes]:
     if isinstance(data, (bytearray, memoryview)):
         return 2, bytes(data)
     raise InvalidType(f"publish expects str or bytes-like data, got {type(data).__name__}")
-
-
-def fan_out(
-    receivers: dict[ServerWebSocket, None],
-    opcode: int,
-    payload: bytes,
-    compress: bool,
-    exclude: ServerWebSocket | None,
-    flush_list: list[ServerWebSocket],
-) -> int:
-    """Queue one message for every receiver; return Bun's publish status (§5).
-
-    The status is the payload size if every receiver took it, -1 if any receiver now
-    has bytes buffered, 0 if nobody received it or any receiver was over its limit.
-    """
-    size = len(payload)
-    frame = encode_frame(opcode, payload)
-    deflated = None
-    count = 0
-    dropped = False
-    buffering = False
-    for ws in receivers:
-        if ws is exclude:
-            continue
-        count += 1
-        if ws._doomed:
-            dropped = True
-            continue
-        out = ws._out
-        buffered = ws._transport.get_write_buffer_size()
-        limit = ws._limit
-        if limit and buffered + (0 if ws._corked else len(out)) > limit:
-            ws._over_limit()
-            dropped = True
-            continue
-        if compress and size and ws._deflater is not None:
-            if ws._shared_deflate:
-                # Every shared-mode socket holds the same stateless deflater, so one
-                # compressed frame serves all of them.
-                if deflated is None:
-                    deflated = encode_frame(opcode, ws._deflater.compress(payload), rsv1=True)
-                out += deflated
-            else:
-                out += encode_frame(opcode, ws._deflater.compress(payload), rsv1=True)
-        else:
-            out += frame
-        if buffered:
-            buffering = True
-        if not ws._corked and not ws._queued:
-            ws._queued = True
-            flush_list.append(ws)
-    if not count or dropped:
-        return 0
-    if buffering:
-        return -1
-    return size

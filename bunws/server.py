@@ -21,7 +21,7 @@ from .extensions import negotiate
 from .http import Request, build_101, check_upgrade_request, first_subprotocol, simple_response
 from .options import WebSocketHandler, ping_margin
 from .protocol import HTTP, WEBSOCKET, Connection
-from .pubsub import TopicRegistry, encode_message, fan_out
+from .pubsub import TopicRegistry, encode_message, fan_out, flush_queued
 from .websocket import ServerWebSocket, _check_compress, _check_topic
 
 __all__ = ["Server", "serve", "run"]
@@ -361,10 +361,7 @@ class Server:
         """End of tick: one write per receiver for everything published to it."""
         self._flush_scheduled = False
         pending, self._flush_list = self._flush_list, []
-        for ws in pending:
-            ws._queued = False
-            if ws._ready_state == 1 and not ws._corked:
-                ws._flush()
+        flush_queued(pending)
 
     def subscriber_count(self, topic: str) -> int:
         """Live number of sockets subscribed to ``topic`` in this process."""
@@ -456,13 +453,20 @@ def run(
     *,
     uvloop: bool | None = None,
     on_start: Callable[[Server], Any] | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully (1001 to every client).
 
-    Uses uvloop when it is installed unless ``uvloop=False``.
+    Uses uvloop when it is installed unless ``uvloop=False``. ``workers=N`` (N > 1)
+    forks N processes sharing the port, supervised (see :mod:`bunws.workers`).
     """
     import signal
+
+    if workers != 1:
+        from .workers import run_workers
+
+        return run_workers(fetch, websocket, workers=workers, uvloop=uvloop, on_start=on_start, **options)
 
     loop = new_event_loop(uvloop)
     asyncio.set_event_loop(loop)

@@ -3,15 +3,17 @@
 It owns the outgoing byte queue (cork buffer and queued publishes share one
 ``bytearray`` so per-socket order always equals call order), the send-status rules
 of Bun (BUN_SEMANTICS.md §2-§4), the socket's compressor and its subscriptions.
-The read side and the lifecycle live in :mod:`bunws.protocol`.
+The per-message methods (``send*``, ``ping``, ``pong``, ``cork``) are compiled in
+:mod:`bunws._wscore` (the benchmark that justified it is cited there); the rest is
+here. The read side and the lifecycle live in :mod:`bunws.protocol`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ._frame import append_frame, encode_close
+from ._frame import encode_close
+from ._wscore import WebSocketCore
 from .errors import InvalidArgument, InvalidType
 
 if TYPE_CHECKING:
@@ -23,29 +25,23 @@ __all__ = ["ServerWebSocket", "SEND_DROPPED", "SEND_BACKPRESSURE"]
 SEND_DROPPED = 0
 SEND_BACKPRESSURE = -1
 
-OP_TEXT = 1
-OP_BINARY = 2
 OP_PING = 9
 OP_PONG = 10
 
-# Bun's per-loop cork buffer is 16 KiB (uWS LoopData.h): past that the queue is
-# written out even inside a handler, so backpressure becomes visible to the caller.
-CORK_FLUSH_THRESHOLD = 16 * 1024
-
+# binary_type names (ours first, Bun's spellings as aliases) -> kind used by _wscore.
 _BINARY_TYPES = {
-    "bytes": "bytes",
-    "nodebuffer": "bytes",
-    "buffer": "bytes",
-    "Buffer": "bytes",
-    "bytearray": "bytearray",
-    "arraybuffer": "bytearray",
-    "ArrayBuffer": "bytearray",
-    "memoryview": "memoryview",
-    "uint8array": "memoryview",
-    "Uint8Array": "memoryview",
+    "bytes": 0,
+    "nodebuffer": 0,
+    "buffer": 0,
+    "Buffer": 0,
+    "bytearray": 1,
+    "arraybuffer": 1,
+    "ArrayBuffer": 1,
+    "memoryview": 2,
+    "uint8array": 2,
+    "Uint8Array": 2,
 }
-
-T = TypeVar("T")
+_BINARY_NAMES = ("bytes", "bytearray", "memoryview")
 
 
 def _payload(data: Any, what: str) -> bytes:
@@ -58,7 +54,7 @@ def _payload(data: Any, what: str) -> bytes:
 
 def _check_compress(compress: Any) -> None:
     if not isinstance(compress, bool):
-        raise InvalidType("send expects compress to be a bool")
+        raise InvalidType("publish expects compress to be a bool")
 
 
 def _check_topic(topic: Any) -> None:
@@ -76,37 +72,23 @@ def cut_reason(reason: str) -> bytes:
     return raw[:123].decode("utf-8", errors="ignore").encode("utf-8")
 
 
-class ServerWebSocket:
+class ServerWebSocket(WebSocketCore):
     """An upgraded connection, as handed to the ``websocket`` handlers.
 
-    Send methods return Bun's status: the payload byte count when the frame went to
-    the kernel or the cork buffer, ``-1`` (:data:`SEND_BACKPRESSURE`) when it was
-    queued behind buffered bytes, ``0`` (:data:`SEND_DROPPED`) when it was dropped
-    (socket closed, or buffered amount already over ``backpressure_limit``) or the
-    payload was empty (an empty frame is still sent).
+    Send methods (compiled, see :mod:`bunws._wscore`) return Bun's status: the
+    payload byte count when the frame went to the kernel or the cork buffer, ``-1``
+    (:data:`SEND_BACKPRESSURE`) when it was queued behind buffered bytes, ``0``
+    (:data:`SEND_DROPPED`) when it was dropped (socket closed, or buffered amount
+    already over ``backpressure_limit``) or the payload was empty (an empty frame is
+    still sent).
     """
 
     __slots__ = (
-        "data",
-        "_conn",
-        "_server",
-        "_transport",
-        "_out",
-        "_corked",
-        "_queued",
-        "_ready_state",
-        "_doomed",
         "_topics",
-        "_binary_type",
-        "_limit",
-        "_close_on_limit",
-        "_deflater",
-        "_shared_deflate",
         "_remote_address",
         "_pending_pong",
         "subprotocol",
         "extensions",
-        "__weakref__",
     )
 
     def __init__(self, conn: Connection, server: Server, data: Any) -> None:
@@ -115,17 +97,9 @@ class ServerWebSocket:
         self._conn = conn
         self._server = server
         self._transport = conn.transport
-        self._out = bytearray()
-        self._corked = 0
-        self._queued = False  # in the server's end-of-tick flush list
-        self._ready_state = 1
-        self._doomed = False  # close_on_backpressure_limit tripped
-        self._topics: set[str] | None = None
-        self._binary_type = "bytes"
         self._limit = handler.backpressure_limit
         self._close_on_limit = handler.close_on_backpressure_limit
-        self._deflater = None
-        self._shared_deflate = False
+        self._topics: set[str] | None = None
         self._remote_address = conn.remote_address
         self._pending_pong: bytes | None = None
         self.subprotocol: str | None = None
@@ -143,12 +117,14 @@ class ServerWebSocket:
 
     @property
     def binary_type(self) -> str:
-        return self._binary_type
+        """How binary messages, pings and pongs are handed over: ``"bytes"``
+        (default), ``"bytearray"`` or ``"memoryview"`` (Bun's names are aliases)."""
+        return _BINARY_NAMES[self._binary_kind]
 
     @binary_type.setter
     def binary_type(self, value: str) -> None:
         try:
-            self._binary_type = _BINARY_TYPES[value]
+            self._binary_kind = _BINARY_TYPES[value]
         except (KeyError, TypeError):
             raise InvalidArgument(
                 f"binary_type must be one of 'bytes', 'bytearray', 'memoryview', got {value!r}"
@@ -167,106 +143,12 @@ class ServerWebSocket:
 
     @property
     def is_paused(self) -> bool:
-        return self._conn.paused
+        return self._paused
 
     @property
     def subscriptions(self) -> list[str]:
         """A fresh list of this socket's topics (order unspecified, as in Bun)."""
         return list(self._topics) if self._topics else []
-
-    # ---------------------------------------------------------------- sending
-    def send(self, data: str | bytes | bytearray | memoryview, compress: bool = False) -> int:
-        """Send ``str`` as a text frame, bytes-like as a binary frame."""
-        if compress is not False:
-            _check_compress(compress)
-        if type(data) is str:
-            return self._send(OP_TEXT, data.encode(), compress)
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return self._send(OP_BINARY, bytes(data) if type(data) is not bytes else data, compress)
-        # Bun String()s anything else; in Python a wrong type is a bug worth raising.
-        raise InvalidType(f"send expects str or bytes-like data, got {type(data).__name__}")
-
-    def send_text(self, data: str, compress: bool = False) -> int:
-        if type(data) is not str:
-            raise InvalidType(f"send_text expects a str, got {type(data).__name__}")
-        if compress is not False:
-            _check_compress(compress)
-        return self._send(OP_TEXT, data.encode(), compress)
-
-    def send_binary(self, data: bytes | bytearray | memoryview, compress: bool = False) -> int:
-        if compress is not False:
-            _check_compress(compress)
-        return self._send(OP_BINARY, _payload(data, "send_binary"), compress)
-
-    def ping(self, data: str | bytes | bytearray | memoryview = b"") -> int:
-        return self._send_control(OP_PING, data, "ping")
-
-    def pong(self, data: str | bytes | bytearray | memoryview = b"") -> int:
-        return self._send_control(OP_PONG, data, "pong")
-
-    def _send_control(self, opcode: int, data: Any, what: str) -> int:
-        payload = data.encode() if isinstance(data, str) else _payload(data, what)
-        if len(payload) > 125:
-            raise InvalidArgument(
-                f"The data size must not be greater than 125 bytes. Received {len(payload)} bytes."
-            )
-        return self._send(opcode, payload, False)
-
-    def _send(self, opcode: int, payload: bytes, compress: bool) -> int:
-        if self._ready_state != 1 or self._doomed:
-            return SEND_DROPPED
-        transport = self._transport
-        limit = self._limit
-        if limit:
-            buffered = transport.get_write_buffer_size()
-            if not self._corked:
-                buffered += len(self._out)
-            if buffered > limit:
-                self._over_limit()
-                return SEND_DROPPED
-        size = len(payload)
-        rsv1 = False
-        if compress and size and self._deflater is not None and opcode <= OP_BINARY:
-            payload = self._deflater.compress(payload)
-            rsv1 = True
-        out = self._out
-        append_frame(out, opcode, payload, rsv1)
-        if self._corked:
-            if len(out) > CORK_FLUSH_THRESHOLD:
-                self._flush()
-        else:
-            self._flush()
-        if transport.get_write_buffer_size():
-            return SEND_BACKPRESSURE
-        return size
-
-    def _flush(self) -> None:
-        """Hand the queued bytes to the transport in one write."""
-        out = self._out
-        if out:
-            # A fresh buffer rather than clearing in place: a transport may keep a
-            # reference to what it was given.
-            self._out = bytearray()
-            self._transport.write(out)
-
-    def _over_limit(self) -> None:
-        if self._close_on_limit and not self._doomed:
-            # Bun: no Close frame, buffered data discarded, close handler (1006, "")
-            # right after the current handler returns; every later send is dropped.
-            self._doomed = True
-            self._server._loop.call_soon(self._conn.abort, 1006, "")
-
-    def cork(self, fn: Callable[[ServerWebSocket], T]) -> T:
-        """Run ``fn(ws)``; everything it sends leaves in one write afterwards."""
-        if not callable(fn):
-            raise InvalidType("cork expects a callable")
-        self._corked += 1
-        try:
-            return fn(self)
-        finally:
-            self._corked -= 1
-            if not self._corked and self._ready_state == 1:
-                self._flush()
 
     # ---------------------------------------------------------------- closing
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -284,10 +166,8 @@ class ServerWebSocket:
             raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
         if self._ready_state != 1:
             return
-        raw_reason = cut_reason(reason)
-        self._conn.close_with_frame(
-            encode_close(code & 0xFFFF, raw_reason.decode("utf-8")), code, raw_reason.decode()
-        )
+        cut = cut_reason(reason).decode("utf-8")
+        self._conn.close_with_frame(encode_close(code & 0xFFFF, cut), code, cut)
 
     def terminate(self) -> None:
         """Close the TCP connection at once, without a Close frame (handler gets 1006)."""
