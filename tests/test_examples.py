@@ -12,10 +12,10 @@ import contextlib
 import json
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -47,22 +47,32 @@ class Example:
             return resp.status, resp.read()
 
 
-def _read_banner(proc: subprocess.Popen[str], lines: int) -> list[str]:
-    """The first ``lines`` lines of stdout, within TIMEOUT."""
+def _read_banner(proc: subprocess.Popen[str], count: int) -> list[str]:
+    """The first ``count`` lines of stdout, within TIMEOUT.
+
+    A thread reads (select() would miss lines already in the text buffer); the rest
+    of stdout stays readable with ``communicate``.
+    """
     assert proc.stdout is not None
-    out: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while len(out) < lines:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise AssertionError(f"no URL printed within {TIMEOUT}s; got {out!r}")
+    lines: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        while len(lines) < count:
             line = proc.stdout.readline()
             if not line:
-                raise AssertionError(f"example exited early ({proc.wait(5)}); printed {out!r}")
-            out.append(line.rstrip("\n"))
-    return out
+                break
+            lines.append(line.rstrip("\n"))
+        found.set()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    if not found.wait(TIMEOUT) or len(lines) < count:
+        proc.kill()
+        raise AssertionError(f"no URL printed within {TIMEOUT}s; got {lines!r}")
+    thread.join(TIMEOUT)
+    return lines
 
 
 @contextlib.contextmanager
