@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json as _json
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -52,6 +53,10 @@ class Headers(Mapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         return self._joined[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        # Direct lookup: Mapping.get goes through __getitem__ and a try/except.
+        return self._joined.get(name.lower(), default)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._joined
@@ -313,8 +318,20 @@ def build_101(
         lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
     if extensions:
         lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    lines.append(f"Date: {formatdate(usegmt=True)}")
+    lines.append(f"Date: {http_date()}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+_date_cache: list[Any] = [0, ""]
+
+
+def http_date() -> str:
+    """The ``Date`` header value, formatted at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True)
+    return _date_cache[1]
 
 
 def _reason(status: int) -> str:
@@ -335,7 +352,7 @@ def build_response(response: Response, *, keep_alive: bool, head_only: bool = Fa
         has_date = has_date or lower == "date"
         lines.append(f"{name}: {value}")
     if not has_date:
-        lines.append(f"Date: {formatdate(usegmt=True)}")
+        lines.append(f"Date: {http_date()}")
     if not keep_alive:
         lines.append("Connection: close")
     status = response.status
