@@ -2,7 +2,9 @@
 
 Listens on 127.0.0.1:$PORT. ``/echo`` sends back every message with the same
 opcode; ``/sub`` subscribes to topic "t"; ``/pub`` republishes every message to "t".
-``DEFLATE=1`` enables ``per_message_deflate=True``; ``MAX_PAYLOAD`` sets
+``DEFLATE=1`` enables ``per_message_deflate=True`` (Bun's shared mode);
+``DEFLATE=dedicated`` uses a dedicated compressor and decompressor per socket
+(accepts the peer's window-bit parameters); ``MAX_PAYLOAD`` sets
 ``max_payload_length``; ``UVLOOP=1`` runs on uvloop. No pings, no idle timeout.
 Plain HTTP requests get 200 (readiness check).
 """
@@ -15,6 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import bunws  # noqa: E402
 
 ROUTES = {"/echo": "echo", "/sub": "sub", "/pub": "pub"}
+DEFLATE_MODES = {"1": True, "dedicated": {"compress": "dedicated", "decompress": "dedicated"}}
 
 
 def fetch(req, server):
@@ -43,7 +46,7 @@ def main() -> None:
         message=message,
         idle_timeout=0,
         send_pings=False,
-        per_message_deflate=os.environ.get("DEFLATE") == "1",
+        per_message_deflate=DEFLATE_MODES.get(os.environ.get("DEFLATE", ""), False),
         max_payload_length=int(os.environ.get("MAX_PAYLOAD", str(64 * 1024 * 1024))),
         backpressure_limit=int(os.environ.get("BACKPRESSURE", str(64 * 1024 * 1024))),
     )
