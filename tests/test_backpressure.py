@@ -351,3 +351,56 @@ async def test_pong_replies_are_bounded_while_the_peer_does_not_read() -> None:
     assert len(data) == 64
     assert 1 <= len(pongs) <= 2, len(pongs)
     assert struct.unpack("!I", pongs[-1])[0] == count - 1, "the latest ping is the one answered"
+
+
+# ================================================================ drain-driven producer
+async def test_drain_driven_producer_of_large_messages_never_stalls() -> None:
+    """Send 64 KiB messages until -1, continue from ``drain`` (Bun #38177: a >=16 KiB
+    send from inside drain used to stall)."""
+    total = 200  # 12.5 MiB
+    state = {"next": 0, "statuses": []}
+
+    def pump(ws: bunws.ServerWebSocket) -> None:
+        while state["next"] < total:
+            status = ws.send(numbered(state["next"]))
+            state["statuses"].append(status)
+            state["next"] += 1
+            if status == -1:
+                return
+
+    handler = bunws.WebSocketHandler(open=pump, drain=pump)
+    async with running(handler) as server:
+        peer = await Peer.connect(server.port)
+        try:
+            frames = await peer.read_frames(total, 20)
+        finally:
+            peer.close()
+    assert [struct.unpack("!I", p[:4])[0] for _, p in frames] == list(range(total))
+    assert 0 not in state["statuses"] and -1 in state["statuses"]
+
+
+async def test_close_on_backpressure_limit_through_publish() -> None:
+    rec = Sockets(backpressure_limit=LIMIT, close_on_backpressure_limit=True)
+    rec.handler.open = lambda ws: (rec.opened.append(ws), ws.subscribe("t"))
+    async with running(rec.handler) as server:
+        peer = await Peer.connect(server.port)
+        try:
+            ws = await rec.socket()
+            statuses: list[int] = []
+            for i in range(600):
+                statuses.append(server.publish("t", numbered(i), compress=False))
+                await asyncio.sleep(0)  # end of tick: queued publishes are flushed
+                if statuses[-1] == 0:
+                    break
+            first_drop = statuses.index(0)
+            assert -1 in statuses[:first_drop]
+            await eventually(lambda: rec.closes == [(1006, "")], 3)
+            assert ws.ready_state == 3
+            assert server.subscriber_count("t") == 0
+            assert server.publish("t", numbered(9999), compress=False) == 0
+            frames = await peer.read_all(15)
+        finally:
+            peer.close()
+    assert all(op == wire.BINARY for op, _ in frames), "no Close frame"
+    seqs = [struct.unpack("!I", p[:4])[0] for _, p in frames]
+    assert seqs == list(range(len(seqs))) and len(seqs) < first_drop

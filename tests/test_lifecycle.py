@@ -487,3 +487,73 @@ async def test_stop_close_handler_sees_closed_state_and_runs_once() -> None:
     finally:
         await asyncio.wait_for(server.stop(True), 5)
     assert len(calls) == 6 and set(calls.values()) == {1}
+
+
+# ================================================================ more timeouts
+@ASYNCIO_ONLY
+async def test_tls_handshake_timeout_covers_silent_tcp_and_silent_tls() -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_ctx)
+    rec = Closes()
+    async with running(rec.handler, ssl=server_ctx, handshake_timeout=1.0) as server:
+
+        async def closed_after(reader: asyncio.StreamReader, t0: float) -> float:
+            try:
+                data = await asyncio.wait_for(reader.read(), 5)
+                assert data == b""
+            except (ConnectionError, ssl.SSLError):
+                pass
+            return now() - t0
+
+        async def silent_tcp() -> float:
+            t0 = now()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                return await closed_after(reader, t0)
+            finally:
+                writer.close()
+
+        async def silent_after_tls() -> float:
+            t0 = now()
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx, server_hostname="127.0.0.1"), 3
+            )
+            try:
+                return await closed_after(reader, t0)
+            finally:
+                writer.close()
+
+        async def normal() -> None:
+            await asyncio.sleep(0.3)
+            async with websockets.connect(f"wss://127.0.0.1:{server.port}/ok", ssl=client_ctx) as client:
+                await client.send("x")
+                assert await asyncio.wait_for(client.recv(), 2) == "x"
+                await asyncio.sleep(1.5)  # past the handshake timeout: upgraded sockets are exempt
+                await client.send("y")
+                assert await asyncio.wait_for(client.recv(), 2) == "y"
+
+        t_tcp, t_tls, _ = await asyncio.wait_for(asyncio.gather(silent_tcp(), silent_after_tls(), normal()), 10)
+    assert 0.4 <= t_tcp <= 2.5, t_tcp
+    assert 0.4 <= t_tls <= 2.5, t_tls
+
+
+@ASYNCIO_ONLY
+async def test_close_timeout_aborts_a_peer_that_never_answers_close() -> None:
+    rec = Closes()
+    rec.handler.message = lambda ws, msg: ws.close(1000, "bye")
+    async with running(rec.handler, close_timeout=1.0) as server:
+        client = await RawClient.connect(server.port, "/mute")
+        client.send_text("close me")
+        t0 = now()
+        assert await client.recv_close() == (1000, "bye")
+        assert await read_eof(client, 3) == b"", "FIN right after the Close frame"
+        assert rec.closes and rec.closes[0][1:3] == (1000, "bye")
+        assert len(server._connections) == 1, "half-closed, waiting for the peer's Close"
+        await eventually(lambda: not server._connections, 3)  # observation point: TCP gone
+        elapsed = now() - t0
+    assert 0.5 <= elapsed <= 2.0, elapsed
+    assert len(rec.closes) == 1
