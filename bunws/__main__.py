@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the port (default 1)",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="with --workers: relay room messages between workers through Redis "
+        "(e.g. redis://127.0.0.1:6379/0); member counts stay per worker",
+    )
     parser.add_argument("--version", action="version", version=f"bunws {__version__}")
     return parser
 
@@ -70,8 +77,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         options["workers"] = args.workers
+        if args.redis is None:
+            print(
+                f"python -m bunws: note: topics are per process, so with {args.workers} workers "
+                "two tabs may land in different workers and not see each other; "
+                "add --redis URL to relay messages between them",
+                file=sys.stderr,
+            )
+    if args.redis is not None:
+        try:
+            from .backplane import RedisBackplane
+        except ImportError as exc:
+            print(f"python -m bunws: error: --redis needs the Redis backplane: {exc}", file=sys.stderr)
+            return 2
+        url = args.redis
+        # A factory: each worker builds its own connection after the fork.
+        options["backplane"] = lambda: RedisBackplane(url, channel_prefix="bunws-demo:")
 
     def started(server: Server) -> None:
+        if os.environ.get("BUNWS_WORKER_ID", "0") != "0":
+            return  # with --workers, one banner (from worker 0) is enough
         url = _browser_url(args.host, server.port)
         ws = url.replace("http://", "ws://", 1)
         print(

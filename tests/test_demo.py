@@ -287,13 +287,16 @@ def test_cli_workers() -> None:
         return
     proc, banner = _start_cli("--port", "0", "--workers", "2")
     try:
-        port = int(re.search(r":(\d+)/", banner[0]).group(1))  # type: ignore[union-attr]
+        assert "topics are per process" in banner[0]  # the warning without --redis
+        assert sum("demo chat on" in line for line in banner) == 1  # worker 0's banner only
+        port = int(re.search(r"demo chat on http://127\.0\.0\.1:(\d+)/", "\n".join(banner)).group(1))  # type: ignore[union-attr]
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert sock.recv(12) == b"HTTP/1.1 200"
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=TIMEOUT)
+        out, _ = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0
+        assert out.count("bunws demo stopped") == 1 and "Traceback" not in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
