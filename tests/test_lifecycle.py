@@ -309,8 +309,11 @@ async def test_handshake_timeout_never_fires_early() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             try:
                 await asyncio.sleep(0.7)
-                writer.write(RawClient.handshake_request("/late"))
-                line = await asyncio.wait_for(reader.readline(), 2)
+                try:
+                    writer.write(RawClient.handshake_request("/late"))
+                    line = await asyncio.wait_for(reader.readline(), 2)
+                except ConnectionError:
+                    return 0  # closed before the request arrived
                 return int(line.split()[1]) if line else 0
             finally:
                 writer.close()
@@ -557,3 +560,36 @@ async def test_close_timeout_aborts_a_peer_that_never_answers_close() -> None:
         elapsed = now() - t0
     assert 0.5 <= elapsed <= 2.0, elapsed
     assert len(rec.closes) == 1
+
+
+@ASYNCIO_ONLY
+@pytest.mark.xfail(
+    reason="bug: last inbound time is taken from the stale tick clock, so idle sockets are reaped up to 0.5 s early",
+    strict=True,
+)
+async def test_idle_timeout_never_reaps_a_client_active_within_the_timeout() -> None:
+    """idle_timeout=8, send_pings=False: a client that sends every 7.7 s is alive.
+
+    Ten clients staggered over one clock tick, so that some send late in a tick.
+    """
+    rec = Closes(idle_timeout=8, send_pings=False)
+    async with running(rec.handler) as server:
+
+        async def client(offset: float) -> bool:
+            await asyncio.sleep(offset)
+            c = await RawClient.connect(server.port, f"/{offset}")
+            try:
+                c.send_text("first")
+                assert await c.recv_data() == (wire.TEXT, b"first")
+                await asyncio.sleep(7.7)
+                c.send_text("second")
+                try:
+                    return await c.recv_data(timeout=1) == (wire.TEXT, b"second")
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    return False
+            finally:
+                c.close()
+
+        alive = await asyncio.wait_for(asyncio.gather(*[client(i * 0.05) for i in range(10)]), 12)
+    assert alive == [True] * 10
+    assert [c for _, c, _, _ in rec.closes if c == 1006] == []
