@@ -5,6 +5,7 @@ Python layer on asyncio Protocols. Start with :func:`serve` (a coroutine) or
 :func:`run` (blocking, uvloop when installed).
 """
 
+from .backplane import Backplane, RedisBackplane
 from .errors import (
     ClosedError,
     CloseCode,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SEND_BACKPRESSURE",
     "SEND_DROPPED",
+    "Backplane",
     "ClosedError",
     "CloseCode",
     "HandshakeError",
@@ -33,6 +35,7 @@ __all__ = [
     "InvalidType",
     "MessageTooBig",
     "ProtocolError",
+    "RedisBackplane",
     "Request",
     "Response",
     "Server",
