@@ -1,7 +1,7 @@
 """One bunws node with a RedisBackplane, run as a subprocess by tests/test_backplane.py.
 
 Environment: ``REDIS_URL``, ``PREFIX`` (channel prefix), ``SHARDED=1``,
-``PUBLISH_TO_SELF=1``, ``WORKERS`` (default 1). Prints ``{"port": N}`` once
+``PUBLISH_TO_SELF=1``, ``WORKERS`` (default 1), ``SOCKET_SHARING``, ``PORT``. Prints ``{"port": N}`` once
 listening (single process). Routes:
 
 - ``/ws?sub=a,b`` upgrades and subscribes to the listed topics on open. Text
@@ -90,8 +90,8 @@ def main() -> None:
         port=int(os.environ.get("PORT", "0")),
         backplane=backplane if workers > 1 else backplane(),
         on_start=on_start,
-        workers=workers,
         close_timeout=3,
+        **({"workers": workers, "socket_sharing": os.environ.get("SOCKET_SHARING", "auto")} if workers > 1 else {}),
     )
 
 

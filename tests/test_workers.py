@@ -1,0 +1,133 @@
+"""``bunws.run(..., workers=N)``: connections spread over forked workers, a crashed
+worker is restarted, SIGTERM stops every worker gracefully (1001) and the
+supervisor exits 0. The workers share topics through a RedisBackplane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from redis_server import RedisServer, find_or_install, free_port
+from test_backplane import NODE, http_get, recv
+
+from websockets.asyncio.client import ClientConnection, connect
+
+ASYNCIO_ONLY = pytest.mark.asyncio(loop_factories=["asyncio"])
+
+
+@pytest.fixture(scope="module")
+def redis() -> Any:
+    path, why = find_or_install()
+    if path is None:
+        pytest.skip(f"redis-server unavailable: {why}")
+    server = RedisServer(path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def supervisor(redis: Any, **env: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        NODE,
+        env=dict(os.environ, REDIS_URL=redis.url, PREFIX=f"w{port}:", WORKERS="2", PORT=str(port), **env),
+    )
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    if (await http_get(port, "/pid")).isdigit():
+                        break
+                except OSError:
+                    pass
+                assert proc.returncode is None, "supervisor exited"
+                await asyncio.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # workers follow through PR_SET_PDEATHSIG
+            await proc.wait()
+
+
+async def ws_client(port: int, *topics: str) -> tuple[ClientConnection, int]:
+    ws = await asyncio.wait_for(connect(f"ws://127.0.0.1:{port}/ws?sub={','.join(topics)}"), 5)
+    hello = await recv(ws)
+    return ws, int(hello.split()[1])
+
+
+async def clients_on_two_workers(port: int, *topics: str, tries: int = 60) -> dict[int, ClientConnection]:
+    """Connect until two workers hold a client each; returns pid -> client."""
+    by_pid: dict[int, ClientConnection] = {}
+    for _ in range(tries):
+        ws, pid = await ws_client(port, *topics)
+        if pid in by_pid:
+            await ws.close()
+        else:
+            by_pid[pid] = ws
+        if len(by_pid) == 2:
+            return by_pid
+    raise AssertionError(f"{tries} connections all landed on {list(by_pid)}")
+
+
+async def stop_and_expect_1001(proc: asyncio.subprocess.Process, clients: list[ClientConnection]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    for ws in clients:
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1001
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+@ASYNCIO_ONLY
+async def test_reuseport_workers_spread_restart_and_stop_gracefully(redis: Any) -> None:
+    async with supervisor(redis) as (proc, port):
+        pids = {int(await http_get(port, "/pid")) for _ in range(50)}
+        assert len(pids) == 2, pids  # SO_REUSEPORT hashes each new connection
+        assert proc.pid not in pids
+
+        # Topics cross workers through Redis.
+        by_pid = await clients_on_two_workers(port, "t")
+        (p1, c1), (p2, c2) = by_pid.items()
+        async with asyncio.timeout(5):  # both workers' SUBSCRIBE reached Redis
+            while redis.numsub(f"w{port}:t") != 2:
+                await asyncio.sleep(0.01)
+        await c1.send("P t from-worker")
+        assert await recv(c2) == "from-worker"
+
+        # A worker killed outright is replaced.
+        os.kill(p1, signal.SIGKILL)
+        await asyncio.wait_for(c1.wait_closed(), 5)
+        async with asyncio.timeout(10):
+            while True:
+                now = {int(await http_get(port, "/pid")) for _ in range(20)}
+                if len(now) == 2 and p1 not in now:
+                    break
+                await asyncio.sleep(0.1)
+        assert proc.returncode is None
+
+        # SIGTERM: every client of every worker gets 1001, the supervisor exits 0.
+        fresh = await clients_on_two_workers(port, "t")
+        await c2.close()
+        await stop_and_expect_1001(proc, list(fresh.values()))
+
+
+@ASYNCIO_ONLY
+async def test_inherited_socket_workers_serve_and_stop_gracefully(redis: Any) -> None:
+    async with supervisor(redis, SOCKET_SHARING="inherit") as (proc, port):
+        clients = []
+        pids = set()
+        for _ in range(10):
+            ws, pid = await ws_client(port)
+            clients.append(ws)
+            pids.add(pid)
+        assert proc.pid not in pids
+        await stop_and_expect_1001(proc, clients)
