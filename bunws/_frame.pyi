@@ -15,7 +15,7 @@ class Opcode(enum.IntEnum):
     PING = 9
     PONG = 10
 
-class Inflater(Protocol):
+class _InflaterLike(Protocol):
     """What ``FrameParser(inflater=...)`` needs (RFC 7692)."""
 
     def decompress(self, data: bytes, max_length: int, final: bool) -> bytes:
@@ -47,7 +47,7 @@ class FrameParser:
     server: bool
     max_payload_length: int
     max_fragments: int
-    inflater: Inflater | None
+    inflater: _InflaterLike | None
     validate_utf8: bool
     close_code: int
     """Close code of the error once failed, else 0."""
@@ -60,7 +60,7 @@ class FrameParser:
         server: bool = True,
         max_payload_length: int = 16 * 1024 * 1024,
         max_fragments: int = -1,
-        inflater: Inflater | None = None,
+        inflater: _InflaterLike | None = None,
         validate_utf8: bool = True,
     ) -> None:
         """
