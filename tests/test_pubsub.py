@@ -567,15 +567,29 @@ async def test_publish_from_a_closed_socket_reaches_all_subscribers() -> None:
 
 
 # ---------------------------------------------------------------- close removes subscriptions
-CLOSE_KINDS = ["ws.close", "terminate", "peer close", "peer vanishes", "protocol error", "server.stop"]
+CLOSE_KINDS = [
+    "ws.close",
+    "terminate",
+    "peer close",
+    "peer vanishes",
+    "protocol error",
+    "server.stop",
+    "backpressure limit",
+]
 
 
 @pytest.mark.parametrize("kind", CLOSE_KINDS)
 async def test_subscriptions_are_gone_before_close_handler(kind: str) -> None:
-    hub = Hub()
+    options: dict[str, Any] = {}
+    if kind == "backpressure limit":
+        options = {"backpressure_limit": 64 * 1024, "close_on_backpressure_limit": True}
+    hub = Hub(**options)
 
     def on_close(ws: bunws.ServerWebSocket, code: int, reason: str) -> None:
         assert hub.server is not None
+        if kind != "server.stop":
+            # Publishing from the closing socket goes the server-wide way (§5).
+            hub.at_close.append({"ws": None, "left": ws.publish("b", "left")})
         hub.at_close.append(
             {
                 "ws": ws,
@@ -598,7 +612,8 @@ async def test_subscriptions_are_gone_before_close_handler(kind: str) -> None:
     hub.on_close, hub.on_message = on_close, on_message
     async with running(hub.handler) as server:
         hub.server = server
-        victim, witness = await connect(server, hub, 2)
+        (victim,) = await connect(server, hub, 1, limit=STUCK_LIMIT)
+        (witness,) = await connect(server, hub, 1)
         wv, ww = hub.sockets
         for topic in ("a", "b"):
             wv.subscribe(topic)
@@ -612,6 +627,15 @@ async def test_subscriptions_are_gone_before_close_handler(kind: str) -> None:
             victim.abort()
         elif kind == "protocol error":
             victim.send_raw(wire.client(3, b""))
+        elif kind == "backpressure limit":
+            # The victim does not read; the topic "a" is only its own.
+            statuses = []
+            for _ in range(200):
+                statuses.append(server.publish("a", b"z" * 65536, compress=False))
+                await asyncio.sleep(0.002)
+                if hub.at_close:
+                    break
+            assert 0 in statuses
         else:
             await asyncio.wait_for(server.stop(close_active=True), 10)
         await eventually(lambda: any(s["ws"] is wv for s in hub.at_close))
@@ -626,6 +650,8 @@ async def test_subscriptions_are_gone_before_close_handler(kind: str) -> None:
         if kind != "server.stop":
             assert first["count_b"] == 1  # only the witness left
             assert server.subscriber_count("b") == 1
+            assert hub.at_close[0]["left"] == 4
+            assert await witness.recv_data() == (wire.TEXT, b"left")
             await no_more_data(witness, server, "b")
         else:
             await eventually(lambda: len(hub.at_close) == 2)
