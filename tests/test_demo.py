@@ -131,6 +131,12 @@ async def test_names_and_rooms_default_and_are_cleaned() -> None:
         async with websockets.connect(url(server, "/chat")) as ws:
             welcome = await recv_json(ws)
             assert re.fullmatch(r"guest-\d+", welcome["name"]) and welcome["room"] == "lobby"
+        async with websockets.connect(url(server, "/chat?name=zo%C3%AB&room=caf%C3%A9")) as ws:
+            welcome = await recv_json(ws)
+            assert (welcome["name"], welcome["room"]) == ("zoë", "café")
+            status, _, body = await http(server.port, "POST", "/rooms/caf%C3%A9/messages", b"ok")
+            assert json.loads(body)["members"] == 1
+            assert await recv_json(ws) == {"type": "message", "name": "http", "text": "ok"}
         long_name = "n" * 100
         async with websockets.connect(url(server, f"/chat?name=%20{long_name}%0A&room=%09r%09")) as ws:
             welcome = await recv_json(ws)
