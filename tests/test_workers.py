@@ -90,6 +90,9 @@ async def stop_and_expect_1001(proc: asyncio.subprocess.Process, clients: list[C
 @ASYNCIO_ONLY
 async def test_reuseport_workers_spread_restart_and_stop_gracefully(redis: Any) -> None:
     async with supervisor(redis) as (proc, port):
+        async with asyncio.timeout(10):  # the second worker may still be starting
+            while len({int(await http_get(port, "/pid")) for _ in range(20)}) < 2:
+                await asyncio.sleep(0.05)
         pids = {int(await http_get(port, "/pid")) for _ in range(50)}
         assert len(pids) == 2, pids  # SO_REUSEPORT hashes each new connection
         assert proc.pid not in pids
