@@ -43,6 +43,9 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        # Timestamps come from the loop's clock, not the server's coarse tick, so a
+        # timeout never fires early (the tick only decides how late it may be).
+        self.clock = server._loop.time
         self.transport: Any = None
         self.remote_address: str | None = None
         self.phase = HTTP
@@ -77,7 +80,7 @@ class Connection(asyncio.Protocol):
         if peer:
             self.remote_address = peer[0] if isinstance(peer, tuple) else str(peer)
         server._connections.add(self)
-        self.deadline = server._now + server.handshake_timeout
+        self.deadline = self.clock() + server.handshake_timeout
         if server._stopping or (
             server.max_connections is not None and len(server._connections) > server.max_connections
         ) or server._http_connections >= server.max_pending_handshakes:
@@ -314,7 +317,7 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(payload)
-        self.deadline = self.server._now + self.server.handshake_timeout
+        self.deadline = self.clock() + self.server.handshake_timeout
         if close:
             self._close_after = True
             self._requests.clear()
@@ -339,7 +342,7 @@ class Connection(asyncio.Protocol):
         self._requests.clear()
         self.ws = ws
         self._parser = parser
-        self.last_inbound = server._now
+        self.last_inbound = self.clock()
         # High-water mark 0: asyncio calls resume_writing exactly when the buffer is
         # empty again, which is when Bun fires ``drain``.
         self.transport.set_write_buffer_limits(high=0)
@@ -362,7 +365,7 @@ class Connection(asyncio.Protocol):
 
     # ================================================================ WebSocket phase
     def _ws_data(self, data: bytes) -> None:
-        self.last_inbound = self.server._now
+        self.last_inbound = self.clock()
         self._ping_sent = False
         parser = self._parser
         try:
@@ -443,7 +446,7 @@ class Connection(asyncio.Protocol):
         ws._out += frame
         ws._flush()
         self.phase = CLOSING
-        self.deadline = self.server._now + self.server.close_timeout
+        self.deadline = self.clock() + self.server.close_timeout
         transport = self.transport
         if transport.can_write_eof():
             try:
@@ -511,7 +514,7 @@ class Connection(asyncio.Protocol):
             return
         self.paused = False
         self.ws._paused = False  # type: ignore[union-attr]
-        self.last_inbound = self.server._now
+        self.last_inbound = self.clock()
         if self.phase != WEBSOCKET:
             return
         self.transport.resume_reading()

@@ -293,10 +293,6 @@ async def test_handshake_timeout_closes_slowloris_and_idle_keepalive() -> None:
 
 
 @ASYNCIO_ONLY
-@pytest.mark.xfail(
-    reason="bug: handshake deadline is computed from the stale tick clock, so it can fire up to 0.5 s early",
-    strict=True,
-)
 async def test_handshake_timeout_never_fires_early() -> None:
     """A request completed 0.7 s after connect must be served with handshake_timeout=1.0.
 
@@ -563,10 +559,6 @@ async def test_close_timeout_aborts_a_peer_that_never_answers_close() -> None:
 
 
 @ASYNCIO_ONLY
-@pytest.mark.xfail(
-    reason="bug: last inbound time is taken from the stale tick clock, so idle sockets are reaped up to 0.5 s early",
-    strict=True,
-)
 async def test_idle_timeout_never_reaps_a_client_active_within_the_timeout() -> None:
     """idle_timeout=8, send_pings=False: a client that sends every 7.7 s is alive.
 
@@ -592,4 +584,5 @@ async def test_idle_timeout_never_reaps_a_client_active_within_the_timeout() -> 
 
         alive = await asyncio.wait_for(asyncio.gather(*[client(i * 0.05) for i in range(10)]), 12)
     assert alive == [True] * 10
-    assert [c for _, c, _, _ in rec.closes if c == 1006] == []
+    # The clients end with a bare TCP close (1006, ""), never with a timeout.
+    assert [r for _, _, r, _ in rec.closes if "inactivity" in r] == []
