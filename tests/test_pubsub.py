@@ -10,7 +10,6 @@ left) and the socket's transport, wrapped to count ``write`` calls (coalescing).
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
 import sys
 import textwrap
@@ -281,6 +280,10 @@ async def test_topic_argument_errors() -> None:
             server.publish("t", 123)
         with pytest.raises(T):
             ws.publish("t", "x", compress="yes")
+        with pytest.raises(T):
+            server.publish("t", "x", compress=1)
+        with pytest.raises(T):
+            ws.publish_binary("t", b"x", compress=None)
         assert issubclass(A, ValueError) and issubclass(T, TypeError)
         assert ws.ready_state == 1  # errors never close the socket
         a.close()
