@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Awaitable
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
@@ -98,7 +99,8 @@ class ChatDemo:
         return self.server
 
     # ------------------------------------------------------------------ HTTP
-    def fetch(self, req: Request, server: Server) -> Response | None:
+    def fetch(self, req: Request, server: Server) -> Response | Awaitable[Response] | None:
+        """The ``fetch`` handler; the publish route answers from a coroutine."""
         self.server = server
         path = req.path
         if path == "/chat":
