@@ -114,8 +114,6 @@ def fanout(loadgen: str, port: int, subs: int, size: int, window: int, duration:
 
     args = ["--mode", "fanout", "--port", port, "--subs", subs, "--size", size, "--window", window,
             "--duration", duration, "--warmup", 1, "--timeout", duration + 40]
-    cmd = [loadgen] + [str(a) for a in args]
-    _ = cmd
     return run_loadgen(loadgen, args, timeout=duration + 60)
 
 
