@@ -86,6 +86,7 @@ cdef class Inflater:
     # state
     cdef _ZStream zs       # own stream: for the whole life (takeover) or one fragmented message
     cdef bint in_message   # a non-final fragment has been fed
+    cdef Py_ssize_t m_input  # compressed bytes fed for the current message
     cdef readonly bint failed
 
     cdef bytes _decompress(self, const unsigned char *data, Py_ssize_t n,

@@ -355,6 +355,16 @@ cdef class Inflater:
             raise ProtocolError(1007, INVALID_DATA)
         if max_length < 0:
             max_length = 0
+        if not self.in_message:
+            self.m_input = 0
+        self.m_input += n
+        if self.m_input == 0:
+            # A message with no compressed bytes at all is empty. Feeding the RFC 7692
+            # tail alone would leave zlib inside a stored-block header and corrupt the
+            # next message of a context-takeover stream (found by
+            # test_empty_rsv1_payload_keeps_context_in_sync).
+            self.in_message = not final
+            return b""
         if not self.no_context_takeover or self.in_message or not final:
             # Dedicated stream: for the connection (takeover) or for this
             # fragmented message only.

@@ -253,14 +253,15 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
             list flush_list):
     """Queue one published message for every receiver; return Bun's status (§5).
 
-    The frame is built once; receivers sharing the stateless compressor share one
-    compressed frame; a dedicated compressor deflates for its own socket only.
+    The frame is built once; receivers sharing a stateless compressor share one
+    compressed frame; a context-takeover compressor deflates for its own socket only.
     Returns the payload size if every receiver took it, -1 if any receiver now has
     bytes buffered, 0 if nobody received it or any receiver was over its limit.
     """
     cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
     cdef object frame = frame_bytes(opcode, payload, False)
-    cdef object deflated = None
+    cdef dict deflated = None   # stateless deflater -> its compressed frame
+    cdef object zframe
     cdef Py_ssize_t count = 0, buffered
     cdef bint dropped = False, buffering = False
     cdef WebSocketCore ws
@@ -279,11 +280,14 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
             continue
         if compress and size and ws._deflater is not None:
             if ws._shared_deflate:
-                # Every shared-mode socket holds the same stateless deflater, so one
-                # compressed frame serves all of them.
+                # Sockets with the same stateless deflater share one compressed frame.
                 if deflated is None:
-                    deflated = frame_bytes(opcode, ws._deflater.compress(payload), True)
-                append_bytes(ws._out, deflated)
+                    deflated = {}
+                zframe = deflated.get(ws._deflater)
+                if zframe is None:
+                    zframe = deflated[ws._deflater] = frame_bytes(
+                        opcode, ws._deflater.compress(payload), True)
+                append_bytes(ws._out, zframe)
             else:
                 append_frame(ws._out, opcode, ws._deflater.compress(payload), True)
         else:

@@ -313,15 +313,23 @@ class DeflateConfig:
 
 # -- negotiation -------------------------------------------------------------
 
-_shared_deflater: Deflater | None = None
+_shared_deflaters: dict[tuple[int, int], Deflater] = {}
 
 
-def shared_deflater() -> Deflater:
-    """The module-level shared compressor (15-bit window, no context takeover)."""
-    global _shared_deflater
-    if _shared_deflater is None:
-        _shared_deflater = Deflater(15, 8, DEFAULT_LEVEL, no_context_takeover=True)
-    return _shared_deflater
+def shared_deflater(window_bits: int = 15, mem_level: int = 8) -> Deflater:
+    """The module-level stateless compressor for one (window bits, memLevel) pair.
+
+    Bun's shared compressor is the (15, 8) one. Every connection that negotiated
+    ``server_no_context_takeover`` with the same parameters gets the same object, so
+    a publish compresses once for all of them; it holds no per-connection state.
+    """
+    key = (window_bits, mem_level)
+    deflater = _shared_deflaters.get(key)
+    if deflater is None:
+        deflater = _shared_deflaters[key] = Deflater(
+            window_bits, mem_level, DEFAULT_LEVEL, no_context_takeover=True
+        )
+    return deflater
 
 
 @dataclass(frozen=True)
@@ -337,9 +345,9 @@ class Agreement:
         server_max_window_bits: the window our compressor uses (8..15).
         client_max_window_bits: the window the client may use (8..15).
         compress_enabled: outbound frames may be compressed at all.
-        shared_deflate: outbound frames go through the module-level shared
-            stateless deflater, so one compressed payload serves every such
-            receiver (compressed-once fan-out).
+        shared_deflate: outbound frames go through a module-level stateless
+            deflater shared by every connection with the same window, so one
+            compressed payload serves all of them (compressed-once fan-out).
     """
 
     response: str
@@ -361,7 +369,7 @@ class Agreement:
         if not self.compress_enabled:
             return None
         if self.shared_deflate:
-            return shared_deflater()
+            return shared_deflater(self.server_max_window_bits, self.compress_mem_level)
         return Deflater(
             self.server_max_window_bits,
             self.compress_mem_level,
@@ -436,7 +444,8 @@ def _answer(config: DeflateConfig, got: dict[str, int | None]) -> Agreement | No
         if "server_max_window_bits" not in got:
             server_bits = 15  # the shared compressor's window
 
-    shared = server_no_ctx and server_bits == 15 and config.compress_enabled
+    # Any stateless compressor is shared by every connection with the same window.
+    shared = server_no_ctx and config.compress_enabled
     return Agreement(
         response="; ".join(parts),
         server_no_context_takeover=server_no_ctx,
@@ -445,7 +454,12 @@ def _answer(config: DeflateConfig, got: dict[str, int | None]) -> Agreement | No
         client_max_window_bits=client_window if client_window else 15,
         compress_enabled=config.compress_enabled,
         shared_deflate=shared,
-        compress_mem_level=8 if shared else config.compress_mem_level,
+        # Without a window request a stateless compressor is Bun's shared (15, 8) one.
+        compress_mem_level=(
+            8
+            if shared and (wanted == 0 or "server_max_window_bits" not in got)
+            else config.compress_mem_level
+        ),
         config=config,
     )
 

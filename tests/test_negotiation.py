@@ -174,7 +174,9 @@ class TestAgreement:
                       f"{PMD}; {SNCT}; server_max_window_bits=11")
         assert a.response == f"{PMD}; {CNCT}; server_max_window_bits=11; {SNCT}"
         d = a.make_deflater()
-        assert d.window_bits == 11 and d.no_context_takeover and not a.shared_deflate
+        assert d.window_bits == 11 and d.no_context_takeover
+        # Stateless, so shared by every connection with the same window (frame-once fan-out).
+        assert a.shared_deflate and d is shared_deflater(11, 8)
 
 
 class TestDeclined:
