@@ -93,8 +93,13 @@ class Runner:
     def ensure_alive(self, servers, name, scenario, config):
         s = servers[name]
         s.resume()
-        if s.alive() and H.ws_handshake_ok(s.port):
-            return s
+        if s.alive():
+            s.settle()  # a loaded machine can leave it busy with the previous teardown
+            for _ in range(3):
+                if H.ws_handshake_ok(s.port, timeout=2.0):
+                    return s
+                if not s.alive():
+                    break
         self.stats.note(scenario, config, name, "server died or stopped answering; restarted")
         H.log(f"[warn] {name} not answering before {config}: restarting ({s.tail()})")
         s.stop()
@@ -267,6 +272,8 @@ class Runner:
         v = H.versions()
         order = [t.name for t in self.targets]
         out = [SECTION, ""]
+        if self.args.note:
+            out += [f"> {self.args.note}", ""]
         out.append(f"- date: {info['date']} (wall time {time.time() - t_start:.0f} s)")
         out.append(f"- command: `{argv}`")
         out.append(f"- machine: {info['cpu']}, {info['cpus']} CPUs, kernel {info['kernel']}, "
@@ -371,6 +378,13 @@ class Runner:
             if mx is not None:
                 s += f" Highest load-generator CPU share against a real server: {mx:.0%}."
             lines.append(s)
+        ccs = [(S.median("conns", k[1], k[2], "client_cpu"), k[2]) for k in S.samples
+               if k[0] == "conns" and k[3] == "client_cpu"]
+        ccs = [c for c in ccs if c[0] is not None]
+        if ccs:
+            mx = max(ccs)
+            lines.append(f"- Instrument ceiling (conns): the load generator's CPU share while opening "
+                         f"connections peaked at {mx[0]:.0%} (against {mx[1]}).")
         if fparts:
             lines.append("- Instrument ceiling (fan-out): " + "; ".join(fparts) + ". A client CPU share near "
                          "100 % means that figure is a lower bound set by the one client core.")
@@ -405,6 +419,7 @@ def main():
     ap.add_argument("--write", metavar="RESULTS.md", help="replace the servers section of this file")
     ap.add_argument("--json", metavar="FILE", help="also dump every raw run as JSON")
     ap.add_argument("--list", action="store_true", help="list targets and their availability, then exit")
+    ap.add_argument("--note", default="", help="a line printed under the section heading")
     args = ap.parse_args()
     argv = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     t_start = time.time()
