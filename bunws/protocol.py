@@ -436,8 +436,24 @@ class Connection(asyncio.Protocol):
         assert ws is not None
         ws._out += encode_close(code, reason)
         ws._flush()
-        self.transport.close()
+        # Half-close and discard what the peer still sends (until its FIN or the close
+        # timeout): closing with unread input makes the kernel answer with a reset,
+        # and the peer would lose our Close frame before reading it.
+        self._parser = None
+        self.phase = CLOSING
+        self.deadline = self.clock() + self.server.close_timeout
+        self._half_close()
         self._finish(code, reason)
+
+    def _half_close(self) -> None:
+        transport = self.transport
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is already gone
+                transport.abort()
+        else:
+            transport.close()
 
     def close_with_frame(self, frame: bytes, code: int, reason: str) -> None:
         """``ws.close()``: Close frame after everything queued, FIN once flushed."""
@@ -447,12 +463,7 @@ class Connection(asyncio.Protocol):
         ws._flush()
         self.phase = CLOSING
         self.deadline = self.clock() + self.server.close_timeout
-        transport = self.transport
-        if transport.can_write_eof():
-            try:
-                transport.write_eof()
-            except OSError:  # the peer is already gone
-                transport.abort()
+        self._half_close()
         self._finish(code, reason)
 
     def _closing_data(self, data: bytes) -> None:
