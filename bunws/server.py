@@ -430,6 +430,8 @@ async def serve(
     )
     await server._start(sock)
     if backplane is not None:
+        if not hasattr(backplane, "start") and callable(backplane):
+            backplane = backplane()  # a factory, as run(workers=N) accepts
         await server.attach_backplane(backplane)
     return server
 
