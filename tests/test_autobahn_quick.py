@@ -53,7 +53,7 @@ def test_autobahn_quick_subset(tmp_path):
     assert inst.returncode == 0, f"install.sh failed:\n{inst.stderr[-4000:]}"
     out = tmp_path / "report"
     env = dict(os.environ, PYTHON=sys.executable, AUTOBAHN_PREFIX=prefix,
-               AB_TIMEOUT="900", DEFLATE=os.environ.get("DEFLATE", "1"))
+               AB_TIMEOUT="900", DEFLATE=os.environ.get("DEFLATE", "dedicated"))
     run = subprocess.run(
         ["bash", str(SCRIPTS / "run.sh"), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=1200, env=env, cwd=str(tmp_path),

@@ -5,7 +5,8 @@
 #   scripts/autobahn/run.sh [options] [ws://127.0.0.1:PORT/PATH | SERVER_COMMAND...]
 #
 # With no target it starts bunws's echo server, `$PYTHON bench/servers/bunws_server.py`,
-# with PORT set to a free port and DEFLATE=1 (so 12.*/13.* exercise permessage-deflate),
+# with PORT set to a free port and DEFLATE=dedicated (so 12.*/13.* exercise every
+# permessage-deflate parameter; DEFLATE=1 is Bun's shared mode, which declines window-bit offers),
 # and tests ws://127.0.0.1:PORT/echo. A SERVER_COMMAND is started the same way (it must
 # read PORT from the environment and serve the path given by --path). A ws:// URL is
 # tested as is (the server must already run; loopback only).
@@ -24,7 +25,7 @@
 #   WSTEST       wstest wrapper (default $AUTOBAHN_PREFIX/wstest, from install.sh)
 #   AUTOBAHN_PREFIX  default /tmp/autobahn27
 #   PYTHON       interpreter for the default server (default: python3 on PATH)
-#   DEFLATE      passed to a started server (default 1)
+#   DEFLATE      passed to a started server (default dedicated; 1 = shared mode)
 #   AB_TIMEOUT   seconds for the whole wstest run (default 3600; 900 with --quick)
 #   AB_STARTUP   seconds to wait for a started server to listen (default 30)
 #   AB_SUMMARY_ARGS  extra arguments for summarize.py (e.g. --strict-close)
@@ -90,8 +91,8 @@ else
     url="ws://127.0.0.1:$port$path"
     mkdir -p "${TMPDIR:-/tmp}"
     server_log="$(mktemp "${TMPDIR:-/tmp}/autobahn-server.XXXXXX.log")"
-    echo "starting server: PORT=$port DEFLATE=${DEFLATE:-1} $*  (log: $server_log)" >&2
-    PORT="$port" DEFLATE="${DEFLATE:-1}" HOST=127.0.0.1 "$@" >"$server_log" 2>&1 &
+    echo "starting server: PORT=$port DEFLATE=${DEFLATE:-dedicated} $*  (log: $server_log)" >&2
+    PORT="$port" DEFLATE="${DEFLATE:-dedicated}" HOST=127.0.0.1 "$@" >"$server_log" 2>&1 &
     server_pid=$!
     deadline=$(( $(date +%s) + ${AB_STARTUP:-30} ))
     until "$PYTHON" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null; do
