@@ -291,19 +291,7 @@ class Runner:
             out.append(f"Binary frames{' (text: --text)' if self.args.text else ''}; "
                        "W = messages in flight per connection.\n")
             out.append(H.table(S, "echo", cfgs, order, "msgs_per_s"))
-            out.append("Load-generator CPU share / server CPU share over the measured window (median): "
-                       "a client well under 100 % was not the bottleneck; a server well under 100 % "
-                       "did not get its whole core (shared machine) or waited on round trips.\n")
-            names = [t for t in order if any(S.median("echo", c, t, "client_cpu") is not None for c in cfgs)]
-            out.append("| config | " + " | ".join(names) + " |")
-            out.append("|---" * (len(names) + 1) + "|")
-            for c in cfgs:
-                row = [c]
-                for t in names:
-                    a, b = S.median("echo", c, t, "client_cpu"), S.median("echo", c, t, "server_cpu")
-                    row.append("–" if a is None else f"{a:.0%} / {b:.0%}" if b is not None else f"{a:.0%}")
-                out.append("| " + " | ".join(row) + " |")
-            out.append("")
+            out.append(self.cpu_table("echo", cfgs, order))
         if any(k[0] == "latency" for k in S.samples):
             lat_c, lat_s, lat_rate = LATENCY
             lat_label = f"{SIZE_LABEL[lat_s]} × {lat_c} conn @ {lat_rate // 1000} k msg/s"
@@ -318,6 +306,7 @@ class Runner:
             out.append("One publisher on /pub, N subscribers on /sub; W = messages published but not yet "
                        "received by the slowest subscriber.\n")
             out.append(H.table(S, "fanout", cfgs, order, "deliveries_per_s"))
+            out.append(self.cpu_table("fanout", cfgs, order))
         if any(k[0] == "conns" for k in S.samples):
             label = f"{self.args.conns or CONNS} idle conns"
             out.append("### Connections (idle WebSockets, deflate off)\n")
@@ -344,6 +333,22 @@ class Runner:
             out.extend(notes)
             out.append("")
         return "\n".join(out).rstrip() + "\n"
+
+    def cpu_table(self, scenario, cfgs, order):
+        S = self.stats
+        out = ["Load-generator CPU share / server CPU share over the measured window (median). A client "
+               "near 100 % means the figure is a lower bound set by the one client core; a server well "
+               "under 100 % did not get its whole core (shared machine) or waited on round trips.\n"]
+        names = [t for t in order if any(S.median(scenario, c, t, "client_cpu") is not None for c in cfgs)]
+        out.append("| config | " + " | ".join(names) + " |")
+        out.append("|---" * (len(names) + 1) + "|")
+        for c in cfgs:
+            row = [c]
+            for t in names:
+                a, b = S.median(scenario, c, t, "client_cpu"), S.median(scenario, c, t, "server_cpu")
+                row.append("–" if a is None else f"{a:.0%} / {b:.0%}" if b is not None else f"{a:.0%}")
+            out.append("| " + " | ".join(row) + " |")
+        return "\n".join(out) + "\n"
 
     def ceiling_line(self):
         S = self.stats
