@@ -69,3 +69,24 @@ async def eventually(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
+    """Wrap the socket's transport so every write() call is recorded."""
+    transport = ws._transport
+    writes: list[bytes] = []
+    original = transport.write
+
+    def write(data: Any) -> None:
+        writes.append(bytes(data))
+        original(data)
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(transport, name)
+
+    spy = Spy()
+    spy.write = write  # type: ignore[attr-defined]
+    ws._transport = spy
+    ws._conn.transport = spy
+    return writes

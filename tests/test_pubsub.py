@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import wire
-from conftest import eventually, running
+from conftest import count_writes, eventually, running
 from rawclient import RawClient
 
 import bunws
@@ -72,27 +72,6 @@ async def connect(server: bunws.Server, hub: Hub, n: int, **kw: Any) -> list[Raw
         clients.append(await RawClient.connect(server.port, **kw))
         await eventually(lambda: len(hub.sockets) == start + 1)
     return clients
-
-
-def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
-    """Wrap the socket's transport so every ``write()`` call is recorded."""
-    transport = ws._transport
-    writes: list[bytes] = []
-    original = transport.write
-
-    def write(data: Any) -> None:
-        writes.append(bytes(data))
-        original(data)
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(transport, name)
-
-    spy = Spy()
-    spy.write = write  # type: ignore[attr-defined]
-    ws._transport = spy
-    ws._conn.transport = spy
-    return writes
 
 
 async def no_more_data(client: RawClient, server: bunws.Server, topic: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import websockets
 import wire
-from conftest import eventually, running, ws_url
+from conftest import count_writes, eventually, running, ws_url
 from rawclient import RawClient
 
 import bunws
@@ -48,27 +48,6 @@ class Recorder:
         self.closes.append((code, reason))
         assert ws.ready_state == 3
         assert ws.subscriptions == []
-
-
-def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
-    """Wrap the socket's transport so every write() call is recorded."""
-    transport = ws._transport
-    writes: list[bytes] = []
-    original = transport.write
-
-    def write(data: Any) -> None:
-        writes.append(bytes(data))
-        original(data)
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(transport, name)
-
-    spy = Spy()
-    spy.write = write  # type: ignore[attr-defined]
-    ws._transport = spy
-    ws._conn.transport = spy
-    return writes
 
 
 # ---------------------------------------------------------------- statuses
