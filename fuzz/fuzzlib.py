@@ -121,3 +121,99 @@ def run(test_one_input: Callable[[bytes], None], seeds: Callable[[], list[bytes]
     atheris.instrument_all()
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
+
+
+# ---------------------------------------------------------------- server output parsers
+# Used by the server-level targets (fuzz_handshake.py, fuzz_topics.py) to check what
+# a real Connection wrote to its stub transport. Plain Python; raise AssertionError.
+
+def parse_server_frames(data: bytes, rsv1_ok: bool = False) -> list[tuple[int, bytes, bool]]:
+    """Split server-to-client bytes into ``(opcode, payload, rsv1)`` frames.
+
+    Every byte must belong to a complete, well-formed server frame: unmasked,
+    RSV2/RSV3 clear (RSV1 only on a first data frame when ``rsv1_ok``), a known
+    opcode, control frames unfragmented and <= 125 bytes, minimal length encoding,
+    Close payloads empty or a valid code plus UTF-8 reason, nothing after Close.
+    """
+    frames: list[tuple[int, bytes, bool]] = []
+    mv = memoryview(bytes(data))
+    i, n = 0, len(mv)
+    in_message = False
+    while i < n:
+        assert not frames or frames[-1][0] != 8, ("bytes after a Close frame", bytes(mv[i:i + 16]))
+        assert n - i >= 2, ("truncated frame header", bytes(mv[i:]))
+        b0, b1 = mv[i], mv[i + 1]
+        fin, rsv1, opcode = bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F
+        assert not b0 & 0x30, ("RSV2/RSV3 set", hex(b0))
+        assert not b1 & 0x80, "server frame is masked"
+        length = b1 & 0x7F
+        i += 2
+        if length == 126:
+            assert n - i >= 2, "truncated 16-bit length"
+            length = int.from_bytes(mv[i:i + 2], "big")
+            assert length >= 126, ("non-minimal 16-bit length", length)
+            i += 2
+        elif length == 127:
+            assert n - i >= 8, "truncated 64-bit length"
+            length = int.from_bytes(mv[i:i + 8], "big")
+            assert length >= 65536 and length < 1 << 63, ("bad 64-bit length", length)
+            i += 8
+        assert n - i >= length, ("truncated payload", length, n - i)
+        payload = bytes(mv[i:i + length])
+        i += length
+        assert opcode in (0, 1, 2, 8, 9, 10), ("bad opcode", opcode)
+        if opcode >= 8:
+            assert fin and length <= 125 and not rsv1, ("bad control frame", opcode, fin, length, rsv1)
+            if opcode == 8:
+                assert length != 1, "Close payload of 1 byte"
+                if length:
+                    code = int.from_bytes(payload[:2], "big")
+                    assert 1000 <= code <= 4999 and code not in (1004, 1005, 1006, 1015), ("bad close code", code)
+                    payload[2:].decode("utf-8")
+        else:
+            assert (opcode == 0) == in_message, ("fragmentation out of order", opcode, in_message)
+            assert not rsv1 or (rsv1_ok and opcode != 0), ("unexpected RSV1", opcode)
+            in_message = not fin
+        frames.append((opcode, payload, rsv1))
+    return frames
+
+
+def parse_http_output(data: bytes) -> tuple[list[tuple[int, dict[str, str]]], bytes]:
+    """Split what a server wrote in its HTTP phase into responses.
+
+    Returns ``([(status, headers), ...], rest)`` where ``rest`` is what follows a
+    ``101`` (WebSocket frames) or ``b""``. Each response must start with
+    ``HTTP/1.1 NNN ``, have a complete head with a Content-Length (except 1xx,
+    101, 204, 304), and a body of that length, or none at all when the next bytes
+    start another response (the answer to a HEAD request).
+    """
+    responses: list[tuple[int, dict[str, str]]] = []
+    data = bytes(data)
+    i = 0
+    while i < len(data):
+        assert data.startswith(b"HTTP/1.1 ", i), ("not an HTTP/1.1 status line", data[i:i + 40])
+        status_txt = data[i + 9:i + 12]
+        assert len(status_txt) == 3 and status_txt.isdigit() and data[i + 12:i + 13] == b" ", (
+            "bad status", data[i:i + 40])
+        end = data.find(b"\r\n\r\n", i)
+        assert end >= 0, ("incomplete response head", data[i:i + 200])
+        lines = data[i:end].decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            assert sep and name and name == name.strip(), ("bad header line", line)
+            headers[name.lower()] = value.strip()
+        status = int(status_txt)
+        responses.append((status, headers))
+        i = end + 4
+        if status == 101:
+            return responses, data[i:]
+        if 100 <= status < 200 or status in (204, 304):
+            continue
+        assert "content-length" in headers, ("response without Content-Length", lines)
+        length = int(headers["content-length"])
+        if data.startswith(b"HTTP/1.1 ", i) or i == len(data):
+            continue  # HEAD answer (no body) or a body-less answer
+        assert len(data) - i >= length, ("truncated body", length, len(data) - i)
+        i += length
+    return responses, b""
