@@ -41,6 +41,15 @@ _EMPTY_PING = encode_frame(OP_PING, b"")
 class Connection(asyncio.Protocol):
     """asyncio protocol for one client connection (HTTP, then maybe WebSocket)."""
 
+    # Slots: thousands of idle connections are the normal case (see the RSS per
+    # connection figure in bench/RESULTS.md).
+    __slots__ = (
+        "server", "clock", "transport", "remote_address", "phase", "paused",
+        "_http", "_url", "_headers", "_head_bytes", "_in_head", "_body", "_requests",
+        "_busy", "_held", "_close_after", "_answer", "deadline",
+        "ws", "_parser", "_backlog", "last_inbound", "_ping_sent", "__weakref__",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         # Timestamps come from the loop's clock, not the server's coarse tick, so a
@@ -69,8 +78,6 @@ class Connection(asyncio.Protocol):
         self._backlog: list[Any] | None = None  # events held while paused
         self.last_inbound = 0.0
         self._ping_sent = False
-        self._close_code = 1006
-        self._close_reason = ""
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
@@ -505,8 +512,6 @@ class Connection(asyncio.Protocol):
         ws._out = bytearray()
         ws._pending_pong = None
         self._backlog = None
-        self._close_code = code
-        self._close_reason = reason
         closer = server._websocket.close
         if closer is not None:
             self._call("close", closer, ws, code, reason)
