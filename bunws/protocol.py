@@ -66,7 +66,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = False
         self._body: bytearray | None = None
-        self._requests: deque[Request] = deque()
+        self._requests: deque[tuple[Request, bool]] = deque()  # (request, keep-alive)
         self._busy = False  # a fetch() is running (async) or a response is pending
         self._held: bytearray | None = None  # bytes after an Upgrade request's head
         self._close_after = False  # close once the queued responses are written
@@ -243,7 +243,7 @@ class Connection(asyncio.Protocol):
             connection=self,
         )
         req_keep_alive = parser.should_keep_alive()
-        self._requests.append((req, req_keep_alive))  # type: ignore[arg-type]
+        self._requests.append((req, req_keep_alive))
         self._url = b""
         self._headers = []
         self._body = None
@@ -252,7 +252,7 @@ class Connection(asyncio.Protocol):
     def _pump(self) -> None:
         """Run ``fetch`` for queued requests, one at a time, in order."""
         while self._requests and not self._busy and self.phase == HTTP:
-            req, keep_alive = self._requests.popleft()  # type: ignore[misc]
+            req, keep_alive = self._requests.popleft()
             server = self.server
             if server._stopping:
                 self._answer = simple_response(503)
