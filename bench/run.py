@@ -204,7 +204,7 @@ class Runner:
                                                 "while measuring")
                             if r.get("stall_sends"):
                                 self.stats.note("fanout", label, name,
-                                                f"slowest subscriber made no progress for 200 ms "
+                                                f"slowest subscriber made no progress for 1 s "
                                                 f"{r['stall_sends']}× (the publisher then sent past the window)")
                             H.log(f"  {name:18s} {H.fmt_num(r['deliveries_per_s'])} deliveries/s  "
                                   f"client {r.get('client_cpu', 0):.0%} lost {r.get('lost', 0)} "

@@ -4,7 +4,7 @@
 #
 #   bench/.work/venv   Python peers: picows, websockets, aiohttp, socketify, uvloop
 #                      (+ bunws itself, editable, when its build succeeds)
-#   bench/.work/node   Bun from npm (`npm install bun`), binary at
+#   bench/.work/node   Bun from npm (`npm install bun@$BUN_VERSION`, default 1.4.4), binary at
 #                      bench/.work/node/node_modules/.bin/bun
 #
 # Usage: bash bench/setup.sh          (BENCH_SKIP_BUNWS=1 to skip installing bunws)
