@@ -192,21 +192,21 @@ def check_target(t: Target):
 
 # --------------------------------------------------------------------------- build
 
-def build_c(src, out):
+def build_c(src, out, libs=()):
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         raise RuntimeError("no C compiler (cc) found: apt-get install gcc")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
         return out
-    r = subprocess.run([cc, "-O2", "-o", out, src], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([cc, "-O2", "-o", out, src, *libs], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"compiling {src} failed:\n{r.stderr}")
     return out
 
 
 def build_all():
-    lg = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(WORK, "loadgen"))
+    lg = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(WORK, "loadgen"), libs=["-lz"])
     build_c(os.path.join(SERVERS, "c_echo.c"), os.path.join(WORK, "c_echo"))
     return lg
 
@@ -265,6 +265,7 @@ TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class ServerProc:
     def __init__(self, target: Target, extra_env=None):
         self.t = target
+        self.extra_env = extra_env
         self.port = free_port()
         env = dict(os.environ)
         env.update(target.env)

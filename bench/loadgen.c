@@ -33,6 +33,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdint.h>
+#include <zlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,7 @@ static size_t o_size = 16;
 static double o_duration = 3.0, o_warmup = 0.5, o_timeout = 0.0, o_hold = 60.0, o_rate = 0.0;
 static uint64_t o_max_msgs = 0;
 static int o_deflate = 0;
+static int o_compress = 0; /* --compress: send RSV1 frames deflated once up front (echo mode) */
 static double o_stall = 1.0; /* fan-out: seconds without progress before publishing past the window */
 
 /* ---- state ---- */
@@ -151,9 +153,9 @@ static void *xmalloc(size_t n) {
 }
 
 /* Build a masked client frame for `payload` into out; returns its length. */
-static size_t build_frame(uint8_t *out, int opcode, const uint8_t *payload, size_t n) {
+static size_t build_frame_rsv(uint8_t *out, int opcode, const uint8_t *payload, size_t n, int rsv1) {
     size_t h = 0;
-    out[h++] = 0x80 | opcode;
+    out[h++] = 0x80 | (rsv1 ? 0x40 : 0) | opcode;
     if (n < 126) {
         out[h++] = 0x80 | n;
     } else if (n < 65536) {
@@ -168,6 +170,45 @@ static size_t build_frame(uint8_t *out, int opcode, const uint8_t *payload, size
     h += 4;
     for (size_t i = 0; i < n; i++) out[h + i] = payload[i] ^ mask_key[i & 3];
     return h + n;
+}
+
+static size_t build_frame(uint8_t *out, int opcode, const uint8_t *payload, size_t n) {
+    return build_frame_rsv(out, opcode, payload, n, 0);
+}
+
+/* RFC 7692: raw deflate with a sync flush, the trailing 00 00 ff ff removed. The message
+   is compressed once; with client_no_context_takeover every copy is a valid message. */
+static size_t deflate_message(const uint8_t *in, size_t n, uint8_t *out, size_t cap) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        die("deflateInit2 failed");
+    zs.next_in = (Bytef *)in;
+    zs.avail_in = n;
+    zs.next_out = out;
+    zs.avail_out = cap;
+    if (deflate(&zs, Z_SYNC_FLUSH) != Z_OK || zs.avail_in) die("deflate failed");
+    size_t len = cap - zs.avail_out;
+    deflateEnd(&zs);
+    if (len < 4) die("deflate output too short");
+    return len - 4;
+}
+
+/* Text that compresses like chat/JSON traffic (about 3-4x), not like a repeated byte. */
+static void fill_text_payload(uint8_t *p, size_t n) {
+    static const char *words[] = {"\"user\":", "\"alice\"", "\"bob\"", "\"text\":", "\"hello\"",
+                                  "\"price\":", "\"ts\":", "{", "}", ",", " ", "\"room\":", "\"lobby\""};
+    uint32_t x = 12345;
+    size_t i = 0;
+    while (i < n) {
+        x = x * 1103515245u + 12345u;
+        const char *w = (x >> 16) % 5 == 0 ? NULL : words[(x >> 8) % 13];
+        if (w) {
+            for (size_t k = 0; w[k] && i < n; k++) p[i++] = w[k];
+        } else {
+            p[i++] = '0' + (x >> 20) % 10;
+        }
+    }
 }
 
 static void ob_append(conn_t *c, const void *p, size_t n) {
@@ -406,7 +447,9 @@ static void on_connected(conn_t *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: YnVud3MtbG9hZGdlbi0xMg==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
-                     path, o_host, o_port, o_deflate ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
+                     path, o_host, o_port,
+                     o_compress ? "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+                     : o_deflate ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
     ob_append(c, req, n);
     flush_out(c);
 }
@@ -558,6 +601,7 @@ static void usage(void) {
             "usage: loadgen --mode echo|fanout|conns --port P [--host 127.0.0.1] [--conns C] [--window W]\n"
             "               [--size S] [--text] [--duration D] [--warmup D] [--rate R] [--max-msgs M]\n"
             "               [--subs N] [--concurrency H] [--hold S] [--timeout S] [--path /echo] [--deflate]\n"
+            "               [--compress]  (echo: send deflated RSV1 frames; implies --deflate)\n"
             "               [--stall-ms MS]\n");
     exit(2);
 }
@@ -586,6 +630,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--text") == 0) o_text = 1;
         else if (strcmp(a, "--binary") == 0) o_text = 0;
         else if (strcmp(a, "--deflate") == 0) o_deflate = 1;
+        else if (strcmp(a, "--compress") == 0) o_compress = o_deflate = 1;
         else usage();
 #undef OPT
     }
@@ -617,7 +662,18 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < o_size; i++) payload[i] = 'a' + (i % 26);
     int opcode = (o_text && !mode_fan) ? 1 : 2;
     uint8_t *one = xmalloc(o_size + 14);
-    frame_len = build_frame(one, opcode, payload, o_size);
+    if (o_compress && mode_echo) {
+        /* one deflated message (RSV1), sent over and over; replies are counted, not inflated */
+        size_t cap = o_size + o_size / 8 + 64;
+        uint8_t *z = xmalloc(cap);
+        fill_text_payload(payload, o_size);
+        size_t zn = deflate_message(payload, o_size, z, cap);
+        one = realloc(one, zn + 14);
+        frame_len = build_frame_rsv(one, opcode, z, zn, 1);
+        free(z);
+    } else {
+        frame_len = build_frame(one, opcode, payload, o_size);
+    }
     block_frames = (1u << 16) / frame_len;
     if (block_frames < 1) block_frames = 1;
     frame_block = xmalloc(block_frames * frame_len);

@@ -42,6 +42,16 @@ CONNS = 10000
 CONNS_CONCURRENCY = 64           # in-flight handshakes: below asyncio's default backlog (100)
 
 
+# Echo with permessage-deflate on both sides: the client sends deflated text frames
+# (loadgen --compress), the server inflates, and echoes compressed. Peers that compress.
+DEFLATE_TARGETS = {"bun", "bunws", "bunws-uvloop", "websockets", "websockets-uvloop", "aiohttp"}
+DEFLATE_CONFIGS = [(16, 1024, 32), (16, 16384, 8)]
+
+
+def deflate_label(c, s, w):
+    return f"{SIZE_LABEL.get(s, f'{s // 1024} KiB')} text × {c} conn (W{w}), deflate"
+
+
 def echo_label(c, s):
     return f"{SIZE_LABEL[s]} × {c} conn (W{ECHO_WINDOW[s]})"
 
@@ -76,10 +86,12 @@ class Runner:
     def available(self):
         return [t for t in self.targets if not t.unavailable]
 
-    def start_all(self, scenario):
+    def start_all(self, scenario, only=None, extra_env=None):
         servers = {}
         for t in self.available():
-            s = H.ServerProc(t)
+            if only is not None and t.name not in only:
+                continue
+            s = H.ServerProc(t, extra_env)
             err = s.wait_ready()
             if err:
                 s.stop()
@@ -103,7 +115,7 @@ class Runner:
         self.stats.note(scenario, config, name, "server died or stopped answering; restarted")
         H.log(f"[warn] {name} not answering before {config}: restarting ({s.tail()})")
         s.stop()
-        s = H.ServerProc(s.t)
+        s = H.ServerProc(s.t, s.extra_env)
         err = s.wait_ready()
         if err:
             s.stop()
@@ -213,6 +225,29 @@ class Runner:
                 for s in servers.values():
                     s.stop()
 
+    def deflate(self):
+        for rep in range(self.reps):
+            H.log(f"[deflate] repetition {rep + 1}/{self.reps}")
+            servers = self.start_all("deflate", only=DEFLATE_TARGETS, extra_env={"DEFLATE": "1"})
+            names = H.interleaved(list(servers), rep)
+            try:
+                for (c, size, w) in DEFLATE_CONFIGS:
+                    label = deflate_label(c, size, w)
+                    H.log(f" {label}")
+                    for name in names:
+                        r = self.measure(servers, name, "deflate", label,
+                                         ["--mode", "echo", "--conns", c, "--size", size, "--window", w,
+                                          "--duration", self.dur, "--warmup", self.warm, "--text",
+                                          "--compress", "--concurrency", CONNS_CONCURRENCY])
+                        if r:
+                            self.stats.add("deflate", label, name, "msgs_per_s", r["msgs_per_s"])
+                            self.stats.add("deflate", label, name, "client_cpu", r.get("client_cpu"))
+                            self.stats.add("deflate", label, name, "server_cpu", r.get("server_cpu"))
+                            H.log(f"  {name:18s} {H.fmt_num(r['msgs_per_s'])} msg/s")
+            finally:
+                for s in servers.values():
+                    s.stop()
+
     def conns(self):
         n = self.args.conns or CONNS
         label = f"{n} idle conns"
@@ -307,6 +342,14 @@ class Runner:
                        "received by the slowest subscriber.\n")
             out.append(H.table(S, "fanout", cfgs, order, "deliveries_per_s"))
             out.append(self.cpu_table("fanout", cfgs, order))
+        if any(k[0] == "deflate" for k in S.samples):
+            cfgs = [deflate_label(*x) for x in DEFLATE_CONFIGS]
+            out.append("### Echo with permessage-deflate (messages/s, higher is better)\n")
+            out.append("The client sends deflated JSON-like text (RSV1, client_no_context_takeover); "
+                       "the server inflates and echoes compressed (`DEFLATE=1`: Bun's and bunws's "
+                       "shared compressor, websockets' and aiohttp's defaults).\n")
+            out.append(H.table(S, "deflate", cfgs, order, "msgs_per_s"))
+            out.append(self.cpu_table("deflate", cfgs, order))
         if any(k[0] == "conns" for k in S.samples):
             label = f"{self.args.conns or CONNS} idle conns"
             out.append("### Connections (idle WebSockets, deflate off)\n")
@@ -414,8 +457,8 @@ def write_section(path, section):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few combinations, 1 repetition (a few minutes)")
-    ap.add_argument("--scenarios", default="echo,fanout,conns,core",
-                    help="comma list of echo,fanout,conns,core (default: all)")
+    ap.add_argument("--scenarios", default="echo,fanout,deflate,conns,core",
+                    help="comma list of echo,fanout,deflate,conns,core (default: all)")
     ap.add_argument("--targets", default="", help="comma list of target names (default: all available)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 1 quick, 3 full)")
     ap.add_argument("--duration", type=float, default=0, help="measured seconds per run")
@@ -434,7 +477,7 @@ def main():
             print(f"{t.name:18s} {'ok' if not t.unavailable else 'SKIP: ' + t.unavailable}  {t.note}")
         return
     scen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    bad = set(scen) - {"echo", "fanout", "conns", "core"}
+    bad = set(scen) - {"echo", "fanout", "deflate", "conns", "core"}
     if bad:
         sys.exit(f"unknown scenarios: {', '.join(sorted(bad))}")
     try:

@@ -31,9 +31,10 @@ Decisions (documented differences from Bun are marked "Bun:"):
   (a quirk, PR #41637). bunws treats them as ``"dedicated"`` (15-bit inflate
   window with client context takeover), so the answer for ``{decompress: "3KB"}``
   is the ``dedicated`` decompressor's answer, not Bun's.
-* ``{"compress": ..., "decompress": ...}`` with any other key raises
-  ``InvalidArgument`` (Bun ignores unknown keys; a typo should not silently turn
-  compression off).
+* ``{"compress": ..., "decompress": ..., "level": N}``: ``level`` (zlib's -1..9,
+  default 1) is a bunws addition; Bun compresses at zlib's default level (6). Any
+  other key raises ``InvalidArgument`` (Bun ignores unknown keys; a typo should not
+  silently turn compression off).
 * An offer with both ``server_no_context_takeover`` and ``server_max_window_bits``
   (not in Bun's table) is answered, for a dedicated compressor, with both
   parameters and compressed by a stateless deflater of that window; a shared
@@ -45,13 +46,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ._deflate import DEFAULT_LEVEL, Deflater, Inflater
+from ._deflate import Deflater, Inflater
 from .errors import InvalidArgument, InvalidType
 
 __all__ = [
     "MAX_OFFERS",
     "MAX_PARAMS",
     "COMPRESS_MODES",
+    "COMPRESSION_LEVEL",
     "DECOMPRESS_MODES",
     "Agreement",
     "DeflateConfig",
@@ -76,6 +78,12 @@ _SIZES: dict[str, tuple[int, int]] = {
     "dedicated": (15, 8),
 }
 COMPRESS_MODES = ("disable", "shared", *_SIZES)
+
+# zlib level for outbound messages (``per_message_deflate={"level": N}``). Bun (uWS)
+# uses zlib's default, 6; bunws defaults to 1: on JSON-like text it is about 4x
+# faster for frames about 20 % larger (bench/RESULTS.md, "Echo with permessage-deflate"),
+# and CPU, not bandwidth, is what limits a fan-out server.
+COMPRESSION_LEVEL = 1
 DECOMPRESS_MODES = COMPRESS_MODES
 
 # RFC 7230 §3.2.6 tchar.
@@ -252,6 +260,11 @@ class DeflateConfig:
 
     compress: str = "shared"
     decompress: str = "shared"
+    level: int = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.level is None:
+            object.__setattr__(self, "level", COMPRESSION_LEVEL)
 
     @classmethod
     def from_option(cls, value: object) -> DeflateConfig | None:
@@ -276,17 +289,26 @@ class DeflateConfig:
         if value is True:
             return cls("shared", "shared")
         if isinstance(value, Mapping):
-            unknown = [k for k in value if k not in ("compress", "decompress")]
+            unknown = [k for k in value if k not in ("compress", "decompress", "level")]
             if unknown:
                 raise InvalidArgument(
-                    "per_message_deflate accepts only the keys 'compress' and "
-                    f"'decompress', got {unknown[0]!r}"
+                    "per_message_deflate accepts only the keys 'compress', 'decompress' "
+                    f"and 'level', got {unknown[0]!r}"
                 )
             compress = _mode("compress", value.get("compress"))
             decompress = _mode("decompress", value.get("decompress"))
+            level = value.get("level", COMPRESSION_LEVEL)
+            if isinstance(level, bool) or not isinstance(level, int):
+                raise InvalidType(
+                    f"per_message_deflate['level'] must be an int, got {type(level).__name__}"
+                )
+            if not -1 <= level <= 9:
+                raise InvalidArgument(
+                    f"per_message_deflate['level'] must be -1..9 (zlib levels), got {level}"
+                )
             if compress == "disable" and decompress == "disable":
                 return None
-            return cls(compress, decompress)
+            return cls(compress, decompress, level)
         raise InvalidType(
             "per_message_deflate must be a boolean or an object (a dict with "
             f"'compress'/'decompress'), got {type(value).__name__}"
@@ -313,22 +335,23 @@ class DeflateConfig:
 
 # -- negotiation -------------------------------------------------------------
 
-_shared_deflaters: dict[tuple[int, int], Deflater] = {}
+_shared_deflaters: dict[tuple[int, int, int], Deflater] = {}
 
 
-def shared_deflater(window_bits: int = 15, mem_level: int = 8) -> Deflater:
-    """The module-level stateless compressor for one (window bits, memLevel) pair.
+def shared_deflater(
+    window_bits: int = 15, mem_level: int = 8, level: int | None = None
+) -> Deflater:
+    """The module-level stateless compressor for one (window bits, memLevel, level).
 
-    Bun's shared compressor is the (15, 8) one. Every connection that negotiated
-    ``server_no_context_takeover`` with the same parameters gets the same object, so
-    a publish compresses once for all of them; it holds no per-connection state.
+    Bun's shared compressor is the 15-bit, memLevel 8 one. Every connection that
+    negotiated ``server_no_context_takeover`` with the same parameters gets the same
+    object, so a publish compresses once for all of them; it holds no per-connection
+    state.
     """
-    key = (window_bits, mem_level)
+    key = (window_bits, mem_level, COMPRESSION_LEVEL if level is None else level)
     deflater = _shared_deflaters.get(key)
     if deflater is None:
-        deflater = _shared_deflaters[key] = Deflater(
-            window_bits, mem_level, DEFAULT_LEVEL, no_context_takeover=True
-        )
+        deflater = _shared_deflaters[key] = Deflater(*key, no_context_takeover=True)
     return deflater
 
 
@@ -369,11 +392,13 @@ class Agreement:
         if not self.compress_enabled:
             return None
         if self.shared_deflate:
-            return shared_deflater(self.server_max_window_bits, self.compress_mem_level)
+            return shared_deflater(
+                self.server_max_window_bits, self.compress_mem_level, self.config.level
+            )
         return Deflater(
             self.server_max_window_bits,
             self.compress_mem_level,
-            DEFAULT_LEVEL,
+            self.config.level,
             no_context_takeover=self.server_no_context_takeover,
         )
 

@@ -509,7 +509,9 @@ async def test_publish_to_mixed_receivers_shared_mode(monkeypatch: pytest.Monkey
             return getattr(real, name)
 
     # The shared compressor is looked up per connection at upgrade time.
-    monkeypatch.setitem(bunws.extensions._shared_deflaters, (15, 8), Counting())
+    monkeypatch.setitem(
+        bunws.extensions._shared_deflaters, (15, 8, bunws.extensions.COMPRESSION_LEVEL), Counting()
+    )
     echo = _resubscribing(Echo(per_message_deflate=True))
     async with running(echo.handler) as server:
         d1 = await RawClient.connect(server.port, extensions=PMD)

@@ -320,3 +320,27 @@ def test_agreement_codecs_interoperate_with_each_other():
     d, i = a.make_deflater(), Inflater(a.server_max_window_bits)
     for msg in [b"abc" * 100, b"abc" * 100, b"xyz"]:
         assert i.decompress(d.compress(msg), 1 << 20, True) == msg
+
+
+class TestCompressionLevel:
+    """``level`` is a bunws addition to Bun's option dict (zlib -1..9, default 1)."""
+
+    def test_default_level_is_fast(self):
+        from bunws.extensions import COMPRESSION_LEVEL
+
+        a = negotiate(DeflateConfig.from_option(True), PMD)
+        assert COMPRESSION_LEVEL == 1 and a.make_deflater().level == 1
+
+    @pytest.mark.parametrize("level", [-1, 0, 6, 9])
+    def test_level_reaches_shared_and_dedicated_deflaters(self, level):
+        shared = negotiate(DeflateConfig.from_option({"compress": "shared", "level": level}), PMD)
+        dedicated = negotiate(DeflateConfig.from_option({"compress": "dedicated", "level": level}), PMD)
+        assert shared.make_deflater().level == level
+        assert shared.make_deflater() is shared_deflater(15, 8, level)
+        assert dedicated.make_deflater().level == level
+
+    @pytest.mark.parametrize("level, error", [(10, InvalidArgument), (-2, InvalidArgument),
+                                              ("6", InvalidType), (True, InvalidType), (1.0, InvalidType)])
+    def test_invalid_levels_raise(self, level, error):
+        with pytest.raises(error):
+            DeflateConfig.from_option({"compress": "shared", "level": level})

@@ -27,7 +27,7 @@ const server = Bun.serve({
     },
     message(ws, msg) {
       const path = ws.data.path;
-      if (path === "/echo") ws.send(msg);                  // string -> text, Buffer -> binary
+      if (path === "/echo") ws.send(msg, deflate);         // string -> text, Buffer -> binary; compressed when DEFLATE=1
       else if (path === "/pub") server.publish("t", msg, deflate);
     },
   },

@@ -2,7 +2,8 @@
 
 Listens on 127.0.0.1:$PORT. ``/echo`` sends back every message with the same
 opcode; ``/sub`` subscribes to topic "t"; ``/pub`` republishes every message to "t".
-``DEFLATE=1`` enables ``per_message_deflate=True`` (Bun's shared mode);
+``DEFLATE=1`` enables ``per_message_deflate=True`` (Bun's shared mode) and echo
+replies are then sent compressed;
 ``DEFLATE=dedicated`` uses a dedicated compressor and decompressor per socket
 (accepts the peer's window-bit parameters); ``MAX_PAYLOAD`` sets
 ``max_payload_length``; ``UVLOOP=1`` runs on uvloop. No pings, no idle timeout.
@@ -18,6 +19,8 @@ import bunws  # noqa: E402
 
 ROUTES = {"/echo": "echo", "/sub": "sub", "/pub": "pub"}
 DEFLATE_MODES = {"1": True, "dedicated": {"compress": "dedicated", "decompress": "dedicated"}}
+# With compression negotiated, echo replies are compressed too (as bun_server.js does).
+COMPRESS = os.environ.get("DEFLATE", "") in DEFLATE_MODES
 
 
 def fetch(req, server):
@@ -35,7 +38,7 @@ def open_(ws):
 def message(ws, msg):
     role = ws.data
     if role == "echo":
-        ws.send(msg)
+        ws.send(msg, COMPRESS)
     elif role == "pub":
         ws.publish("t", msg)
 
