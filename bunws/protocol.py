@@ -132,13 +132,7 @@ class Connection(asyncio.Protocol):
             ws._flush()
         drain = self.server._websocket.drain
         if drain is not None:
-            ws._corked += 1
-            try:
-                self._call("drain", drain, ws)
-            finally:
-                ws._corked -= 1
-                if ws._ready_state == 1:
-                    ws._flush()
+            self._call_corked("drain", drain, ws)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         server = self.server
@@ -356,13 +350,7 @@ class Connection(asyncio.Protocol):
         server._pending_websockets += 1
         opener = server._websocket.open
         if opener is not None:
-            ws._corked += 1
-            try:
-                self._call("open", opener, ws)
-            finally:
-                ws._corked -= 1
-                if ws._ready_state == 1:
-                    ws._flush()
+            self._call_corked("open", opener, ws)
 
     def _after_upgrade(self) -> None:
         """Frames that arrived with the handshake are dispatched after fetch returns."""
@@ -582,6 +570,16 @@ class Connection(asyncio.Protocol):
             return
         if result is not None and name in self.server._websocket.async_handlers:
             self._spawn(result)
+
+    def _call_corked(self, name: str, fn: Any, ws: ServerWebSocket) -> None:
+        """``open`` and ``drain`` run corked: their sends leave in one write."""
+        ws._corked += 1
+        try:
+            self._call(name, fn, ws)
+        finally:
+            ws._corked -= 1
+            if not ws._corked and ws._ready_state == 1:
+                ws._flush()
 
     def _spawn(self, coro: Any) -> None:
         server = self.server
