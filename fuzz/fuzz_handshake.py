@@ -376,6 +376,18 @@ def test_one_input(data: bytes) -> None:
         assert status in (100, 101, 200, 201, 204, 400, 403, 404, 413, 426, 431, 500, 503), status
 
 
+def shutdown() -> None:
+    """Stop the servers and close the loop (the smoke test calls this at the end)."""
+    global _loop
+    if _loop is None:
+        return
+    for server in _servers:
+        _loop.run_until_complete(server.stop(True))
+    _servers.clear()
+    _loop.close()
+    _loop = None
+
+
 def seeds() -> list[bytes]:
     """Byte strings that steer the structured mode to classic requests."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))

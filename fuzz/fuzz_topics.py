@@ -515,6 +515,18 @@ def test_one_input(data: bytes) -> None:
     assert not server._flush_list
 
 
+def shutdown() -> None:
+    """Stop the servers and close the loop (the smoke test calls this at the end)."""
+    global _loop
+    if _loop is None:
+        return
+    for server in _servers.values():
+        _loop.run_until_complete(server.stop(True))
+    _servers.clear()
+    _loop.close()
+    _loop = None
+
+
 def seeds() -> list[bytes]:
     out = [b"", bytes(range(256)), bytes(range(255, -1, -1))]
     # to_self, limit idx, close_on_limit, n, close_topic chance/pick, then ops:
