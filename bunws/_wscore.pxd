@@ -17,6 +17,8 @@ cdef class WebSocketCore:
     cdef public bint _shared_deflate      # _deflater is the process-wide stateless one
     # state
     cdef public bytearray _out            # cork buffer + queued publishes, in call order
+    cdef public list _chunks              # None, or shared frames queued before _out
+    cdef public Py_ssize_t _chunked       # bytes in _chunks
     cdef public int _corked               # cork depth
     cdef public int _ready_state          # 1 open, 3 closed
     cdef public bint _queued              # in the server's end-of-tick flush list

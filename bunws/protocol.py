@@ -497,7 +497,7 @@ class Connection(asyncio.Protocol):
         server._pending_websockets -= 1
         # Subscriptions go before the close handler runs (BUN_SEMANTICS.md §5).
         ws._unsubscribe_all()
-        ws._out = bytearray()
+        ws._discard()
         ws._pending_pong = None
         self._backlog = None
         closer = server._websocket.close

@@ -135,7 +135,7 @@ class ServerWebSocket(WebSocketCore):
         """Bytes of complete frames waiting in user space (not the cork buffer)."""
         if self._ready_state != 1:
             return 0
-        pending = 0 if self._corked else len(self._out)
+        pending = 0 if self._corked else len(self._out) + self._chunked
         return self._transport.get_write_buffer_size() + pending
 
     def get_buffered_amount(self) -> int:

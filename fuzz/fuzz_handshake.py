@@ -75,6 +75,9 @@ class StubTransport:
             return  # asyncio drops (and eventually logs) writes after connection_lost
         self.out += data
 
+    def writelines(self, chunks: list[bytes | bytearray]) -> None:
+        self.write(b"".join(chunks))  # as asyncio.WriteTransport.writelines does
+
     def get_write_buffer_size(self) -> int:
         return 0
 

@@ -92,6 +92,9 @@ class StubTransport:
             self.paused = False
             self.protocol.resume_writing()
 
+    def writelines(self, chunks: list[bytes | bytearray]) -> None:
+        self.write(b"".join(chunks))  # as asyncio.WriteTransport.writelines does
+
     def get_write_buffer_size(self) -> int:
         return self.buffered
 

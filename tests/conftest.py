@@ -72,14 +72,20 @@ async def eventually(predicate: Any, timeout: float = 5.0) -> None:
 
 
 def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
-    """Wrap the socket's transport so every write() call is recorded."""
+    """Wrap the socket's transport so every write() or writelines() call is recorded
+    (a writelines() as one write: it is one send on every transport that matters)."""
     transport = ws._transport
     writes: list[bytes] = []
     original = transport.write
+    original_lines = transport.writelines
 
     def write(data: Any) -> None:
         writes.append(bytes(data))
         original(data)
+
+    def writelines(chunks: list[Any]) -> None:
+        writes.append(b"".join(chunks))
+        original_lines(chunks)
 
     class Spy:
         def __getattr__(self, name: str) -> Any:
@@ -87,6 +93,7 @@ def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
 
     spy = Spy()
     spy.write = write  # type: ignore[attr-defined]
+    spy.writelines = writelines  # type: ignore[attr-defined]
     ws._transport = spy
     ws._conn.transport = spy
     return writes
