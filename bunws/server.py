@@ -115,7 +115,11 @@ class Server:
         self._stopped = asyncio.Event()
         self._all_gone: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
-        self._now = self._loop.time()
+        self._clock = self._loop.time  # shared by every Connection
+        # Every connection's reads land here (Connection.get_buffer); 256 KiB is
+        # asyncio's own read size.
+        self._recv_view = memoryview(bytearray(256 * 1024))
+        self._now = self._clock()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
