@@ -163,6 +163,10 @@ class Connection(asyncio.BufferedProtocol):
         self._http = None
         self._parser = None
         self._requests = None
+        # Break the Connection <-> ServerWebSocket cycle so a closed connection is
+        # freed by reference counting, not left for a full GC pass (the app may
+        # still hold the socket: its methods then see a closed connection).
+        self.ws = None
         server._connection_gone()
 
     # ================================================================ HTTP phase
