@@ -21,6 +21,9 @@ class WebSocketCore:
     def cork(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(ws)``; everything it sends leaves in one write afterwards."""
 
+def encode_text(text: str, what: str = "send") -> bytes:
+    """UTF-8 of ``text``; InvalidArgument (a ValueError) when it holds a lone surrogate."""
+
 def dispatch(conn: Any, ws: WebSocketCore, events: list[Any], start: int, handler: Any) -> None: ...
 def fan_out(
     receivers: dict[Any, None],

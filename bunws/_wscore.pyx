@@ -83,6 +83,22 @@ cdef inline object as_bytes(object data, str what):
     raise InvalidType(f"{what} expects bytes-like data, got {type(data).__name__}")
 
 
+cdef inline bytes utf8(str text, str what):
+    try:
+        return PyUnicode_AsUTF8String(text)
+    except UnicodeEncodeError as exc:
+        # A lone surrogate cannot go on the wire as UTF-8: say so in bunws's terms
+        # (Bun would silently send U+FFFD; a Python caller gets told).
+        raise InvalidArgument(
+            f"{what} expects text that is valid Unicode: {exc.reason} at index {exc.start}"
+        ) from None
+
+
+def encode_text(str text, str what="send"):
+    """UTF-8 of ``text``; ``InvalidArgument`` (a ValueError) for lone surrogates."""
+    return utf8(text, what)
+
+
 cdef inline bint check_compress(object compress) except -1:
     if compress is False:
         return False
@@ -113,7 +129,7 @@ cdef class WebSocketCore:
         """
         cdef bint z = check_compress(compress)
         if type(data) is str:
-            return self._send(OP_TEXT, PyUnicode_AsUTF8String(data), z)
+            return self._send(OP_TEXT, utf8(data, "send"), z)
         if type(data) is bytes:
             return self._send(OP_BINARY, data, z)
         if isinstance(data, (bytearray, memoryview)):
@@ -124,7 +140,7 @@ cdef class WebSocketCore:
     def send_text(self, data, compress=False):
         if type(data) is not str:
             raise InvalidType(f"send_text expects a str, got {type(data).__name__}")
-        return self._send(OP_TEXT, PyUnicode_AsUTF8String(data), check_compress(compress))
+        return self._send(OP_TEXT, utf8(data, "send_text"), check_compress(compress))
 
     def send_binary(self, data, compress=False):
         cdef bint z = check_compress(compress)
@@ -139,7 +155,7 @@ cdef class WebSocketCore:
         return self._send_control(OP_PONG, data, "pong")
 
     cdef object _send_control(self, int opcode, object data, str what):
-        payload = PyUnicode_AsUTF8String(data) if type(data) is str else as_bytes(data, what)
+        payload = utf8(data, what) if type(data) is str else as_bytes(data, what)
         if PyBytes_GET_SIZE(payload) > 125:
             raise InvalidArgument(
                 f"The data size must not be greater than 125 bytes. "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._wscore import fan_out, flush_queued
+from ._wscore import encode_text, fan_out, flush_queued
 from .errors import InvalidType
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class TopicRegistry:
 def encode_message(data: Any) -> tuple[int, bytes]:
     """``(opcode, payload)`` for a publish: ``str`` is text, bytes-like is binary."""
     if type(data) is str:
-        return 1, data.encode()
+        return 1, encode_text(data, "publish")
     if isinstance(data, bytes):
         return 2, data
     if isinstance(data, (bytearray, memoryview)):

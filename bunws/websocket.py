@@ -65,8 +65,15 @@ def _check_topic(topic: Any) -> None:
 
 
 def cut_reason(reason: str) -> bytes:
-    """UTF-8 bytes of ``reason`` cut to at most 123 bytes on a character boundary."""
-    raw = reason.encode("utf-8")
+    """UTF-8 bytes of ``reason`` cut to at most 123 bytes on a character boundary.
+
+    Closing never fails on its reason: lone surrogates become U+FFFD, as a
+    JavaScript string's would (and as ``encode_close`` does).
+    """
+    try:
+        raw = reason.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = reason.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
     if len(raw) <= 123:
         return raw
     return raw[:123].decode("utf-8", errors="ignore").encode("utf-8")

@@ -20,7 +20,7 @@ publishes and the deferred aborts of ``close_on_backpressure_limit``).
 The same operations run on a small pure-Python model of Bun's rules (README "Send
 status" and "Pub/sub"). Findings (AssertionError, or an exception the model did not
 predict; the only predicted ones are InvalidType/InvalidArgument for bad topics and
-data types, and UnicodeEncodeError for a str with a lone surrogate):
+data types, and InvalidArgument for a str with a lone surrogate):
   * a return value that differs from the model (``subscribe``/``unsubscribe``/
     ``is_subscribed`` booleans, send and publish statuses: size / -1 / 0);
   * ``subscriptions``, ``subscriber_count``, ``buffered_amount`` or ``ready_state``
@@ -390,7 +390,7 @@ def _data(r: Reader, n: int, kind: int) -> tuple[Any, int, bytes, type[BaseExcep
     body = (f"m{n}." * (size // 3 + 1))[:size] if size else ""
     if kind == 0:
         if r.chance(8):
-            return body + "\ud800", 1, b"", UnicodeEncodeError
+            return body + "\ud800", 1, b"", bunws.InvalidArgument
         return body, 1, body.encode(), None
     raw = body.encode()
     choice = r.byte() % 8

@@ -137,6 +137,38 @@ async def test_ping_payload_limit_message_names_the_size() -> None:
     assert messages == ["The data size must not be greater than 125 bytes. Received 126 bytes."]
 
 
+async def test_lone_surrogates_raise_invalid_argument_and_send_nothing() -> None:
+    """A str that is not valid Unicode cannot become a UTF-8 text frame: every text
+    path says so with InvalidArgument (a ValueError) and sends nothing; a close
+    reason never fails (U+FFFD, as Bun's JavaScript string would give)."""
+    rec = Recorder()
+    raised: list[str] = []
+
+    def on_message(ws: bunws.ServerWebSocket, msg: Any) -> None:
+        ws.subscribe("t")
+        for call in (
+            lambda: ws.send("a\ud800"),
+            lambda: ws.send_text("\udfff"),
+            lambda: ws.ping("\ud83d"),
+            lambda: ws.publish("t", "x\udc00"),
+            lambda: ws.publish_text("t", "x\udc00"),
+            lambda: ws._server.publish("t", "x\udc00"),
+        ):
+            with pytest.raises(bunws.InvalidArgument) as info:
+                call()
+            raised.append(str(info.value).split(" expects")[0])
+        ws.send("ok")
+        ws.close(1000, "bye \ud800")
+
+    rec.on_message = on_message
+    async with running(rec.handler) as server:
+        client = await RawClient.connect(server.port)
+        client.send_text("go")
+        assert await client.recv_data() == (wire.TEXT, b"ok")  # nothing sent before it
+        assert await client.recv_close() == (1000, "bye \ufffd")
+    assert raised == ["send", "send_text", "ping", "publish", "publish", "publish"]
+
+
 async def test_send_after_close_returns_zero() -> None:
     rec = Recorder()
     after: list[int] = []
