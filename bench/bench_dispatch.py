@@ -3,9 +3,12 @@
 Feeds pipelined masked frames to a real upgraded ``Connection`` whose transport is a
 stub (``write`` only counts bytes), with a plain Python ``message`` handler that calls
 ``ws.send``: exactly the echo benchmark's per-message work minus the kernel. This is
-the figure used to decide what moves into Cython (see bunws/_conn.pyx).
+the figure used to decide what moves into Cython (see bunws/_wscore.pyx).
 
-    python bench/bench_dispatch.py [--frames 128] [--size 16] [--repeat 7]
+    python bench/bench_dispatch.py [--frames 128] [--size 16] [--repeat 7] [--tree DIR]
+
+``--tree DIR`` imports bunws from another (built) checkout, e.g. a worktree of an
+older commit, so two versions can be measured back to back on the same machine.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+if "--tree" in sys.argv:  # before importing bunws: which checkout to measure
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--tree") + 1]))
+else:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import wire  # noqa: E402
 
@@ -35,6 +41,9 @@ class StubTransport:
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.writes += 1
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -83,11 +92,21 @@ async def measure(frames: int, size: int, repeat: int, rounds: int) -> list[floa
     )
     assert server.upgrade(req)
     batch = wire.client(wire.BINARY, b"x" * size) * frames
+    if hasattr(conn, "get_buffer"):
+        # A BufferedProtocol: copy into its buffer as the transport's recv_into would.
+        def feed() -> None:
+            buf = conn.get_buffer(-1)
+            buf[: len(batch)] = batch
+            conn.buffer_updated(len(batch))
+    else:
+        def feed() -> None:
+            conn.data_received(batch)
+
     results = []
     for _ in range(repeat):
         start = time.perf_counter()
         for _ in range(rounds):
-            conn.data_received(batch)
+            feed()
         elapsed = time.perf_counter() - start
         results.append(rounds * frames / elapsed)
     assert transport.writes >= rounds  # one write per read batch
@@ -101,12 +120,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument("--tree", default="", help="import bunws from this checkout instead")
     args = ap.parse_args()
     rates = asyncio.run(measure(args.frames, args.size, args.repeat, args.rounds))
     median = statistics.median(rates)
-    print(f"| frames/batch | size | msgs/s (median of {args.repeat}) | ns/msg |")
-    print("|---|---|---|---|")
-    print(f"| {args.frames} | {args.size} B | {median / 1e6:.2f} M | {1e9 / median:.0f} |")
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(bunws.__file__)))
+    print(f"| bunws from | frames/batch | size | msgs/s (median of {args.repeat}) | ns/msg |")
+    print("|---|---|---|---|---|")
+    print(f"| `{tree}` | {args.frames} | {args.size} B | {median / 1e6:.2f} M | {1e9 / median:.0f} |")
 
 
 if __name__ == "__main__":

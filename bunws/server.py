@@ -18,7 +18,14 @@ from typing import Any
 from ._frame import FrameParser
 from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
 from .extensions import negotiate
-from .http import Request, build_101, check_upgrade_request, first_subprotocol, simple_response
+from .http import (
+    Request,
+    _header_pairs,
+    build_101,
+    check_upgrade_request,
+    first_subprotocol,
+    simple_response,
+)
 from .options import WebSocketHandler, ping_margin
 from .protocol import HTTP, WEBSOCKET, Connection
 from .pubsub import TopicRegistry, encode_message, fan_out, flush_queued
@@ -268,8 +275,6 @@ class Server:
             or conn.transport.is_closing()
         ):
             return False
-        from .http import _header_pairs
-
         user_headers = _header_pairs(headers)
         try:
             key = check_upgrade_request(req)
