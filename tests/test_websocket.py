@@ -169,6 +169,36 @@ async def test_lone_surrogates_raise_invalid_argument_and_send_nothing() -> None
     assert raised == ["send", "send_text", "ping", "publish", "publish", "publish"]
 
 
+async def test_interleaved_partial_reads_of_many_connections_stay_apart() -> None:
+    """Every connection reads into the server's one receive buffer: pieces of heads,
+    frame headers and payloads from different sockets, arriving in turn, must each
+    be kept by their own connection before the next read overwrites the buffer."""
+    rec = Recorder()
+    rec.on_message = lambda ws, msg: ws.send(msg)
+    async with running(rec.handler) as server:
+        clients = [await RawClient.connect(server.port, handshake=False) for _ in range(4)]
+        heads = [RawClient.handshake_request(f"/c{i}") for i in range(4)]
+        for cut in (5, 40, None):  # the handshakes, in three interleaved pieces
+            for i, client in enumerate(clients):
+                client.send_raw(heads[i][:cut])
+                heads[i] = heads[i][len(heads[i][:cut]) :]
+                await asyncio.sleep(0.01)
+        for client in clients:
+            assert await client.read_head() == 101
+        payloads = [bytes([65 + i]) * (3000 + 97 * i) for i in range(4)]
+        frames = [wire.client(wire.BINARY, p) + wire.client(wire.TEXT, f"t{i}") for i, p in enumerate(payloads)]
+        pos = [0] * 4
+        for step in (1, 2, 7, 100, 1000, 5000):  # header bytes one at a time, then more
+            for i, client in enumerate(clients):
+                client.send_raw(frames[i][pos[i] : pos[i] + step])
+                pos[i] += step
+                await asyncio.sleep(0.005)
+        for i, client in enumerate(clients):
+            assert await client.recv_data() == (wire.BINARY, payloads[i])
+            assert await client.recv_data() == (wire.TEXT, f"t{i}".encode())
+            client.close()
+
+
 async def test_send_after_close_returns_zero() -> None:
     rec = Recorder()
     after: list[int] = []
