@@ -116,6 +116,10 @@ def encode_frame(
             125 bytes, or a control frame with ``fin=False``.
     """
 
+def close_reason_bytes(reason: str) -> bytes:
+    """UTF-8 of ``reason`` (lone surrogates as U+FFFD), cut to at most 123 bytes at a
+    character boundary: the reason part of a Close payload."""
+
 def encode_close(code: int | None = 1000, reason: str = "") -> bytes:
     """Build a server Close frame like Bun's ``ws.close``: only the low 16 bits of
     ``code`` are sent; ``None`` or low bits 0/1005/1006 give an empty payload; the

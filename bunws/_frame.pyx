@@ -774,9 +774,31 @@ def encode_frame(opcode, payload, *, fin=True, rsv1=False, mask=None):
     return res[:h + pv.len]
 
 
-cdef bytes close_payload(object code, object reason):
+cdef bytes reason_bytes(str reason):
     cdef bytes b
     cdef Py_ssize_t cut
+    try:
+        b = reason.encode("utf-8")
+    except UnicodeEncodeError:
+        # lone surrogates become U+FFFD, as a JavaScript string would
+        b = reason.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+    if len(b) > 123:
+        cut = 123
+        while cut > 0 and (b[cut] & 0xC0) == 0x80:
+            cut -= 1
+        b = b[:cut]
+    return b
+
+
+def close_reason_bytes(reason):
+    """The Close payload's reason as sent: UTF-8 of ``reason`` (lone surrogates as
+    U+FFFD) cut to at most 123 bytes at a character boundary."""
+    if not isinstance(reason, str):
+        raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
+    return reason_bytes(reason)
+
+
+cdef bytes close_payload(object code, object reason):
     cdef int c
     if code is None:
         return b""
@@ -789,17 +811,7 @@ cdef bytes close_payload(object code, object reason):
         return b""
     if not isinstance(reason, str):
         raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
-    try:
-        b = (<str>reason).encode("utf-8")
-    except UnicodeEncodeError:
-        # lone surrogates become U+FFFD, as a JavaScript string would
-        b = (<str>reason).encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-    if len(b) > 123:
-        cut = 123
-        while cut > 0 and (b[cut] & 0xC0) == 0x80:
-            cut -= 1
-        b = b[:cut]
-    return bytes((c >> 8, c & 0xFF)) + b
+    return bytes((c >> 8, c & 0xFF)) + reason_bytes(reason)
 
 
 def encode_close(code=1000, reason=""):

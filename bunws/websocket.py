@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._frame import close_reason_bytes as cut_reason
 from ._frame import encode_close
 from ._wscore import WebSocketCore
 from .errors import InvalidArgument, InvalidType
@@ -62,21 +63,6 @@ def _check_topic(topic: Any) -> None:
         raise InvalidType(f"topic must be a str, got {type(topic).__name__}")
     if not topic:
         raise InvalidArgument("topic must not be empty")
-
-
-def cut_reason(reason: str) -> bytes:
-    """UTF-8 bytes of ``reason`` cut to at most 123 bytes on a character boundary.
-
-    Closing never fails on its reason: lone surrogates become U+FFFD, as a
-    JavaScript string's would (and as ``encode_close`` does).
-    """
-    try:
-        raw = reason.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = reason.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-    if len(raw) <= 123:
-        return raw
-    return raw[:123].decode("utf-8", errors="ignore").encode("utf-8")
 
 
 class ServerWebSocket(WebSocketCore):
