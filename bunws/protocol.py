@@ -223,7 +223,9 @@ class Connection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         limit = self.server.max_body_size
-        for name, value in self._headers or ():
+        headers = self._headers
+        assert headers is not None  # on_message_begin made it
+        for name, value in headers:
             lower = name.lower()
             if lower == "content-length":
                 try:
@@ -245,13 +247,13 @@ class Connection(asyncio.BufferedProtocol):
             raise _Rejected
 
     def on_message_complete(self) -> None:
-        parser = self._http
-        assert parser is not None
+        parser, headers = self._http, self._headers
+        assert parser is not None and headers is not None
         version = parser.get_http_version()
         req = Request(
             parser.get_method().decode("latin-1"),
             self._url.decode("latin-1"),
-            Headers(self._headers or []),
+            Headers(headers),
             bytes(self._body) if self._body else b"",
             http_version=version,
             remote_address=self.remote_address,
