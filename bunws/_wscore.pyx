@@ -20,7 +20,7 @@ size only when bytes are actually waiting there.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8String
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
@@ -109,9 +109,16 @@ cdef inline bint check_compress(object compress) except -1:
 
 
 cdef object frame_bytes(int opcode, object payload, bint rsv1):
-    cdef bytearray out = bytearray()
-    append_frame(out, opcode, payload, rsv1)
-    return bytes(out)
+    """One unmasked FIN frame as ``bytes``, built in place: a publish copies its
+    payload once, into the frame every receiver shares."""
+    cdef uint8_t hdr[14]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t h = frame_header(hdr, opcode, n, True, rsv1, NULL)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + n)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    memcpy(dst, hdr, h)
+    memcpy(dst + h, PyBytes_AS_STRING(payload), n)
+    return out
 
 
 cdef class WebSocketCore:
