@@ -32,4 +32,5 @@ cdef class WebSocketCore:
     cdef object _send_control(self, int opcode, object data, str what)
     cdef Py_ssize_t _buffered(self) except -1
     cpdef _flush(self)
+    cdef int _check_fill(self) except -1
     cpdef _over_limit(self)

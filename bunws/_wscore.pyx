@@ -15,8 +15,9 @@ What lives here:
 * ``fan_out()`` / ``flush_queued()``: frame-once publish and the end-of-tick write.
 
 The transport's fill level is tracked through the protocol's ``pause_writing`` /
-``resume_writing`` (high-water mark 0), so a send asks the transport for its buffer
-size only when bytes are actually waiting there.
+``resume_writing`` (high-water mark 0), confirmed after every write by asking the
+transport (``_check_fill``), so a send asks for the buffer size again only while
+bytes are actually waiting there.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
@@ -218,6 +219,24 @@ cdef class WebSocketCore:
             # reference to what it was given.
             self._out = bytearray()
             self._transport.write(out)
+        else:
+            return
+        if not self._write_paused:
+            self._check_fill()
+
+    cdef int _check_fill(self) except -1:
+        """Ask the transport whether bytes are waiting, instead of trusting it to
+        call ``pause_writing``: CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never do
+        from ``writelines`` (fixed in 3.12.9 / 3.13.2)."""
+        transport = self._transport
+        if not transport.get_write_buffer_size():
+            return 0
+        self._write_paused = True
+        if not transport.is_closing():
+            # This re-runs the transport's own pause check: it now calls
+            # pause_writing, and so resume_writing (drain) once it is empty.
+            transport.set_write_buffer_limits(high=0)
+        return 0
 
     def _discard(self):
         """Drop everything queued (the socket is closed)."""

@@ -322,18 +322,22 @@ async def test_ping_flood_from_a_non_reader_is_bounded() -> None:
             gc.collect()
             base = rss()
             pings = wire.client(wire.PING, b"") * 100_000
+            peak = before
             for _ in range(10):  # 10^6 pings, 6 MB
                 await peer.sendall(pings, timeout=20)
+                peak = max(peak, ws.buffered_amount)
             ws.send(b"end")  # queued behind the flood's processing
             grown = rss() - base
-            after = ws.buffered_amount
             await peer.sendall(wire.client(wire.CLOSE, wire.close_payload(1000)))
             frames = await peer.read_all(20)
         finally:
             peer.close()
-    assert after <= before + 2 + 3 + 2, (before, after)  # one pong kept back, plus "end"
-    pongs = [f for f in frames if f[0] == wire.PONG]
-    assert len(pongs) <= 2
+    # While the peer does not read, at most one pong waits in user space (RFC 6455
+    # lets us answer only the latest ping). The kernel may take more pongs whenever
+    # it frees room (Linux compacts a receive queue of tiny frames), so the count
+    # that reaches the peer is bounded by the kernel, not by bunws.
+    assert peak <= before + 2 + 2, (before, peak)
+    assert (wire.BINARY, b"end") in frames
     assert frames[-1] == (wire.CLOSE, struct.pack("!H", 1000))
     assert rec.closes == [(1000, "")]
     assert grown < 16 * MiB, grown
