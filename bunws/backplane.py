@@ -20,6 +20,11 @@ Wire format of a Redis message (binary safe; the channel is
     byte 2      n = length of the node id (1..255)
     n bytes     node id of the publishing process
     rest        the payload (UTF-8 for text), unchanged
+
+Whatever arrives from Redis is checked as strictly as a client's frames: anything
+else that reaches a bunws channel (another program's message, an envelope that is
+cut off, has an unknown opcode or flag, or a text payload that is not UTF-8) is
+dropped, counted in ``stats`` and logged at most once per 10 s, never relayed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._frame import validate_utf8
+
 if TYPE_CHECKING:
     from .server import Server
 
@@ -44,6 +51,14 @@ logger = logging.getLogger("bunws.backplane")
 MAGIC = 0xB5
 _COMPRESS_FLAG = 0x10
 _OPCODE_MASK = 0x0F
+_KNOWN_FLAGS = _OPCODE_MASK | _COMPRESS_FLAG
+
+# Why a message from Redis was dropped when it is not a bunws envelope at all.
+_FOREIGN = "not a bunws envelope"
+
+# Dropped-message warnings: at most one per interval, so a hostile or broken
+# publisher cannot flood the log (stats count every one).
+_LOG_INTERVAL = 10.0
 
 
 def encode_envelope(node_id: bytes, opcode: int, payload: bytes, compress: bool) -> bytes:
@@ -53,15 +68,54 @@ def encode_envelope(node_id: bytes, opcode: int, payload: bytes, compress: bool)
 
 
 def decode_envelope(data: bytes) -> tuple[bytes, int, bytes, bool] | None:
-    """``(node_id, opcode, payload, compress)``, or ``None`` for a foreign message."""
-    if len(data) < 3 or data[0] != MAGIC:
-        return None
+    """``(node_id, opcode, payload, compress)``, or ``None`` for a foreign or malformed
+    message. The payload is returned as is: a text payload's UTF-8 is not checked."""
+    env = _parse_envelope(data)
+    return None if type(env) is str else env  # type: ignore[return-value]
+
+
+def _parse_envelope(data: object) -> tuple[bytes, int, bytes, bool] | str:
+    """The envelope's fields, or why ``data`` is not a well-formed envelope."""
+    if type(data) is not bytes or not data or data[0] != MAGIC:
+        return _FOREIGN
+    if len(data) < 3:
+        return "envelope header cut off"
     flags = data[1]
+    if flags & ~_KNOWN_FLAGS:
+        # A newer format's flag could change what the payload means: not ours to relay.
+        return f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x}"
     opcode = flags & _OPCODE_MASK
+    if opcode not in (1, 2):
+        return f"opcode {opcode} is neither text (1) nor binary (2)"
     n = data[2]
-    if opcode not in (1, 2) or n == 0 or len(data) < 3 + n:
-        return None
+    if n == 0:
+        return "empty node id"
+    if len(data) < 3 + n:
+        return "node id cut off"
     return data[3 : 3 + n], opcode, data[3 + n :], bool(flags & _COMPRESS_FLAG)
+
+
+class _LimitedLog:
+    """Warnings of one kind, at most one per ``_LOG_INTERVAL`` seconds; the next
+    line that gets through says how many were held back."""
+
+    __slots__ = ("_next", "_held")
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            msg += " (%d more like this since the previous report)"
+            args += (self._held,)
+        self._held = 0
+        self._next = now + _LOG_INTERVAL
+        logger.warning(msg, *args, exc_info=exc_info)
 
 
 class Backplane:
@@ -107,13 +161,24 @@ class RedisBackplane(Backplane):
         on_gap: called (sync or async) as ``on_gap(downtime_seconds)`` after the
             connection to Redis came back, because messages of that period were
             lost; a warning is logged as well. Use it to resynchronise clients.
-        max_pending: publishes kept while Redis is unreachable; beyond it the
-            oldest are dropped (counted in ``stats["dropped"]``).
+        max_pending: publishes kept while Redis is unreachable (or slower than
+            the publishers); beyond it the oldest are dropped.
+        max_pending_bytes: the same bound in bytes (channel + envelope of each
+            queued publish), 4 MiB by default. A publish larger than this on its
+            own is dropped; otherwise the oldest queued ones make room. Drops of
+            either bound are counted in ``stats["dropped"]``.
         backoff_initial, backoff_max: reconnect delays (doubling, with jitter).
         health_check_interval: seconds between PINGs on the subscriber
             connection; a connection silent for 3 intervals is considered dead.
         connect_timeout: TCP connect timeout, and how long :meth:`start` waits for
             the first connection (it then keeps trying in the background).
+
+    ``stats`` counts ``published`` (sent to Redis), ``received`` (messages from
+    Redis), ``delivered`` (handed to local subscribers), ``own`` (this process's
+    messages coming back), ``dropped`` (publishes over ``max_pending`` /
+    ``max_pending_bytes``), ``gaps`` (reconnections), ``foreign`` (messages on a
+    bunws channel that are not envelopes) and ``invalid`` (malformed envelopes and
+    text payloads that are not UTF-8).
 
     Raises:
         ImportError: the ``redis`` package is missing (``pip install bunws[redis]``).
@@ -128,6 +193,7 @@ class RedisBackplane(Backplane):
         on_gap: Callable[[float], Any] | None = None,
         *,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 4 * 1024 * 1024,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         health_check_interval: float = 5.0,
@@ -145,6 +211,7 @@ class RedisBackplane(Backplane):
             raise ValueError(f"node_id must be 1..255 bytes, got {len(node_id)}")
         for name, value in (
             ("max_pending", max_pending),
+            ("max_pending_bytes", max_pending_bytes),
             ("backoff_initial", backoff_initial),
             ("backoff_max", backoff_max),
             ("health_check_interval", health_check_interval),
@@ -160,6 +227,7 @@ class RedisBackplane(Backplane):
         self.node_id: bytes = node_id or b""
         self.on_gap = on_gap
         self.max_pending = int(max_pending)
+        self.max_pending_bytes = int(max_pending_bytes)
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.health_check_interval = float(health_check_interval)
@@ -176,8 +244,15 @@ class RedisBackplane(Backplane):
         self._wanted: dict[bytes, None] = {}
         # channels Redis confirmed on the current connection
         self._confirmed: set[bytes] = set()
+        # channels the current connection was told to subscribe to; None between
+        # connections, when only _wanted matters (a new one subscribes to all of it)
+        self._sent: set[bytes] | None = None
+        # channels whose wanted state may differ from _sent: one entry per channel
+        # however often its topic is joined and left, so churn cannot grow it
+        self._dirty: dict[bytes, None] = {}
+        # (channel, envelope) publishes not yet sent, and their total size
         self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._control: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._outbox_bytes = 0
         self._outbox_event: asyncio.Event | None = None
         self._control_event: asyncio.Event | None = None
         self._connected_event: asyncio.Event | None = None
@@ -186,7 +261,19 @@ class RedisBackplane(Backplane):
         self._down_since: float | None = None
         self._last_rx = 0.0
         self._conns: tuple[Any, ...] = ()
-        self.stats = {"published": 0, "received": 0, "delivered": 0, "own": 0, "dropped": 0, "gaps": 0, "foreign": 0}
+        self._drop_log = _LimitedLog()
+        self._overflow_log = _LimitedLog()
+        self._delivery_log = _LimitedLog()
+        self.stats = {
+            "published": 0,
+            "received": 0,
+            "delivered": 0,
+            "own": 0,
+            "dropped": 0,
+            "gaps": 0,
+            "foreign": 0,
+            "invalid": 0,
+        }
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -205,6 +292,16 @@ class RedisBackplane(Backplane):
         """Topics whose subscription Redis has confirmed on the current connection."""
         n = len(self._prefix_b)
         return {c[n:].decode("utf-8", "surrogatepass") for c in self._confirmed}
+
+    @property
+    def pending_control(self) -> int:
+        """Channels whose (un)subscribe is waiting to be sent (at most one per topic)."""
+        return len(self._dirty)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Size of the publishes waiting to be sent (at most ``max_pending_bytes``)."""
+        return self._outbox_bytes
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until connected to Redis; ``False`` after ``timeout`` seconds."""
@@ -253,22 +350,28 @@ class RedisBackplane(Backplane):
     def publish(self, topic: str, opcode: int, payload: bytes, compress: bool) -> None:
         if self._closing or self._outbox_event is None:
             return
+        channel = self._channel(topic)
+        header = self._headers[opcode, bool(compress)]
+        size = len(channel) + len(header) + len(payload)
+        if size > self.max_pending_bytes:
+            self._overflowed(1, f"a {size}-byte publish is larger than max_pending_bytes")
+            return
         outbox = self._outbox
-        if len(outbox) >= self.max_pending:
-            outbox.popleft()
-            self.stats["dropped"] += 1
-        outbox.append((self._channel(topic), self._headers[opcode, bool(compress)] + payload))
+        if len(outbox) >= self.max_pending or self._outbox_bytes + size > self.max_pending_bytes:
+            self._make_room(size)
+        outbox.append((channel, header + payload))
+        self._outbox_bytes += size
         self._outbox_event.set()
 
     def subscribe(self, topic: str) -> None:
         channel = self._channel(topic)
         self._wanted[channel] = None
-        self._queue_control(self._cmd_sub, channel)
+        self._mark_dirty(channel)
 
     def unsubscribe(self, topic: str) -> None:
         channel = self._channel(topic)
         self._wanted.pop(channel, None)
-        self._queue_control(self._cmd_unsub, channel)
+        self._mark_dirty(channel)
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         """Send what is queued (up to ``flush_timeout`` s), then disconnect."""
@@ -300,11 +403,58 @@ class RedisBackplane(Backplane):
     def _channel(self, topic: str) -> bytes:
         return self._prefix_b + topic.encode("utf-8", "surrogatepass")
 
-    def _queue_control(self, command: str, channel: bytes) -> None:
-        if self._control_event is None:
-            return
-        self._control.append((command, channel))
+    def _make_room(self, size: int) -> None:
+        """Drop the oldest queued publishes until one of ``size`` bytes fits.
+
+        Oldest first: what was published last is closest to the current state,
+        which is what clients need after an outage (``on_gap`` tells the app that
+        messages were lost). Each publisher's order is kept either way.
+        """
+        outbox = self._outbox
+        limit = self.max_pending_bytes - size
+        dropped = 0
+        while outbox and (len(outbox) >= self.max_pending or self._outbox_bytes > limit):
+            channel, data = outbox.popleft()
+            self._outbox_bytes -= len(channel) + len(data)
+            dropped += 1
+        self._overflowed(dropped, "the queue of publishes for Redis is full, the oldest were dropped")
+
+    def _overflowed(self, dropped: int, why: str) -> None:
+        self.stats["dropped"] += dropped
+        self._overflow_log.warning(
+            "bunws backplane: %s (%d dropped in all); Redis at %s is %s",
+            why,
+            self.stats["dropped"],
+            _safe_url(self.url),
+            "connected" if self.connected else "unreachable",
+        )
+
+    def _mark_dirty(self, channel: bytes) -> None:
+        if self._sent is None or self._control_event is None:
+            return  # no connection: the next one subscribes to _wanted as a whole
+        self._dirty[channel] = None
         self._control_event.set()
+
+    def _control_commands(self) -> list[tuple[str, bytes]]:
+        """The (un)subscribe commands that bring the connection to ``_wanted``.
+
+        Only the latest state of a channel counts, so a topic joined and left
+        many times since the last round costs one command or none.
+        """
+        sent = self._sent
+        assert sent is not None
+        wanted = self._wanted
+        commands = []
+        for channel in self._dirty:
+            if channel in wanted:
+                if channel not in sent:
+                    sent.add(channel)
+                    commands.append((self._cmd_sub, channel))
+            elif channel in sent:
+                sent.discard(channel)
+                commands.append((self._cmd_unsub, channel))
+        self._dirty.clear()
+        return commands
 
     def _make_connections(self) -> tuple[Any, Any]:
         from redis.asyncio import ConnectionPool
@@ -339,11 +489,14 @@ class RedisBackplane(Backplane):
                 self._conns = (sub, pub)
                 await asyncio.wait_for(sub.connect(), self.connect_timeout + 1)
                 await asyncio.wait_for(pub.connect(), self.connect_timeout + 1)
-                # The new connection's subscriptions are exactly _wanted; queued
-                # (un)subscribe commands describe the old one.
-                self._control.clear()
+                # The new connection's subscriptions are exactly _wanted; from
+                # here on, changes to it are sent as they come.
+                assert self._control_event is not None
+                self._dirty.clear()
+                self._control_event.clear()
                 self._confirmed.clear()
                 channels = list(self._wanted)
+                self._sent = set(channels)
                 if self.sharded:
                     # One channel per SSUBSCRIBE: a cluster refuses channels of
                     # different slots in one command.
@@ -402,6 +555,8 @@ class RedisBackplane(Backplane):
                         except Exception:
                             pass
                 self._confirmed.clear()
+                self._sent = None
+                self._dirty.clear()
                 self._conns = ()
             if self._closing:
                 break
@@ -426,15 +581,11 @@ class RedisBackplane(Backplane):
             logger.exception("bunws backplane: on_gap raised")
 
     async def _reader(self, conn: Any) -> None:
-        server = self._server
-        assert server is not None
-        publish_local = server._publish_local
-        own = self.node_id
-        prefix_len = len(self._prefix_b)
         msg_type = self._msg_type
         sub_reply, unsub_reply = self._sub_reply, self._unsub_reply
         confirmed = self._confirmed
         stats = self.stats
+        on_message = self._on_message
         loop = asyncio.get_running_loop()
         while True:
             reply = await conn.read_response(disconnect_on_error=True)
@@ -444,33 +595,68 @@ class RedisBackplane(Backplane):
             kind = reply[0]
             if kind == msg_type:
                 stats["received"] += 1
-                env = decode_envelope(reply[2])
-                if env is None:
-                    stats["foreign"] += 1
-                    continue
-                node, opcode, payload, compress = env
-                if node == own:
-                    stats["own"] += 1
-                    continue
-                topic = reply[1][prefix_len:].decode("utf-8", "surrogatepass")
-                try:
-                    publish_local(topic, opcode, payload, compress, None)
-                    stats["delivered"] += 1
-                except Exception:
-                    logger.exception("bunws backplane: local delivery of a remote message failed")
+                on_message(reply[1], reply[2])
             elif kind == sub_reply:
                 confirmed.add(reply[1])
             elif kind == unsub_reply:
                 confirmed.discard(reply[1])
 
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        """Hand a message from Redis to the local subscribers, if it is valid.
+
+        Redis carries whatever anyone publishes on the channel, so it gets the
+        checks a client's frames get; a bad message is dropped, never raised.
+        """
+        env = _parse_envelope(data)
+        if type(env) is str:
+            self._drop(channel, env)
+            return
+        node, opcode, payload, compress = env  # type: ignore[misc]
+        if node == self.node_id:
+            self.stats["own"] += 1
+            return
+        if opcode == 1 and not validate_utf8(payload):
+            self._drop(channel, "text payload is not valid UTF-8")
+            return
+        topic = self._topic(channel)
+        if topic is None:
+            self._drop(channel, "channel is not a topic of this backplane")
+            return
+        server = self._server
+        assert server is not None
+        try:
+            server._publish_local(topic, opcode, payload, compress, None)
+        except Exception:
+            self._delivery_log.warning(
+                "bunws backplane: local delivery of a message from Redis failed", exc_info=True
+            )
+            return
+        self.stats["delivered"] += 1
+
+    def _topic(self, channel: object) -> str | None:
+        """The topic of a channel this backplane subscribes to, else ``None``."""
+        if type(channel) is not bytes or not channel.startswith(self._prefix_b):
+            return None
+        try:
+            return channel[len(self._prefix_b) :].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
+
+    def _drop(self, channel: object, reason: str) -> None:
+        self.stats["foreign" if reason is _FOREIGN else "invalid"] += 1
+        name = channel.decode("utf-8", "backslashreplace") if type(channel) is bytes else repr(channel)
+        self._drop_log.warning(
+            "bunws backplane: dropped a message from Redis on channel %r: %s", name[:200], reason
+        )
+
     async def _controller(self, conn: Any) -> None:
         event = self._control_event
         assert event is not None
-        control = self._control
         loop = asyncio.get_running_loop()
         interval = self.health_check_interval
         self._last_rx = loop.time()
         while True:
+            ping = False
             try:
                 await asyncio.wait_for(event.wait(), interval)
             except asyncio.TimeoutError:
@@ -478,14 +664,13 @@ class RedisBackplane(Backplane):
                 # so 3 silent intervals mean a dead (e.g. half-open) connection.
                 if loop.time() - self._last_rx > 3 * interval:
                     raise _Down(f"no reply from Redis in {3 * interval:.0f} s") from None
-                control.append(("PING", b""))
+                ping = True
             event.clear()
-            if not control:
+            commands: list[tuple[str, ...]] = list(self._control_commands())
+            if ping:
+                commands.append(("PING",))
+            if not commands:
                 continue
-            commands = []
-            while control:
-                command, channel = control.popleft()
-                commands.append((command,) if command == "PING" else (command, channel))
             if not conn.is_connected:  # never let redis-py reconnect without our resubscribe
                 raise _Down("subscriber connection closed")
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -504,9 +689,12 @@ class RedisBackplane(Backplane):
             # Everything published during the previous round trip goes in one
             # pipeline: one write, one pass over the answers, order kept.
             batch = []
+            sent_bytes = 0
             while outbox and len(batch) < 1024:
                 channel, data = outbox.popleft()
+                sent_bytes += len(channel) + len(data)
                 batch.append((command, channel, data))
+            self._outbox_bytes -= sent_bytes
             if not conn.is_connected:
                 raise _Down("publisher connection closed")
             await conn.send_packed_command(conn.pack_commands(batch), check_health=False)
