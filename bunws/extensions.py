@@ -5,10 +5,20 @@ Three pieces:
 * :func:`parse_extensions` tokenizes a ``Sec-WebSocket-Extensions`` header
   (RFC 7230 §3.2.6 tokens and quoted-strings) in one linear pass, without regex.
 * :class:`DeflateConfig` validates the ``per_message_deflate`` option exactly like
-  Bun's ``perMessageDeflate`` (BUN_SEMANTICS.md §1, §10).
+  Bun's ``perMessageDeflate``.
 * :func:`negotiate` picks an offer and answers with the header Bun sends for
-  that mode (BUN_SEMANTICS.md §10 table), returning an :class:`Agreement` that
-  builds the codec objects.
+  that mode (measured with raw handshakes against Bun 1.4.4 and 1.4.5), returning
+  an :class:`Agreement` that builds the codec objects.
+
+Answers of a shared compressor (``per_message_deflate=True``), the same as Bun's,
+whatever client parameters come with the offer:
+
+* ``permessage-deflate`` or ``…; server_no_context_takeover`` ->
+  ``permessage-deflate; client_no_context_takeover; server_no_context_takeover``
+* ``…; server_max_window_bits=15``, with or without ``server_no_context_takeover``
+  -> the same plus ``; server_max_window_bits=15``
+* ``…; server_max_window_bits=8`` … ``14`` -> declined (no extension; the
+  handshake goes on, or the next offer is tried)
 
 Decisions (documented differences from Bun are marked "Bun:"):
 
@@ -20,11 +30,32 @@ Decisions (documented differences from Bun are marked "Bun:"):
   than the strings ``"8"`` … ``"15"``, a value on a ``*_no_context_takeover``,
   a bare ``server_max_window_bits``) is declined, and the next
   ``permessage-deflate`` offer is tried (RFC 7692 §5: the server picks an
-  acceptable offer). Bun uses the first ``permessage-deflate`` offer; the two
-  agree whenever that first offer is acceptable.
+  acceptable offer). Bun 1.4.5 does the same.
 * A quoted value is unquoted before validation, as RFC 7692 §7.1 requires
   (``client_max_window_bits="10"`` equals ``client_max_window_bits=10``).
-* Extension and parameter names are matched case-insensitively.
+* Extension and parameter names are matched case-insensitively, and spaces
+  around ``=`` are allowed. Bun: declines ``PERMESSAGE-DEFLATE``,
+  ``Server_Max_Window_Bits=15`` and ``server_max_window_bits = 15``.
+* ``server_max_window_bits=N``: accepting it means answering it with N or less
+  (RFC 7692 §7.1.2.1). The shared compressor's window is fixed at 15 bits, so it
+  accepts N = 15 only; a smaller N is declined, as Bun does, because a stateless
+  15-bit stream may reach back farther than the client keeps. A disabled
+  compressor answers like the shared one. A dedicated compressor answers
+  ``min(N, its window)``.
+* ``server_no_context_takeover`` is always honoured: the shared compressor is
+  stateless anyway, and a dedicated one then becomes the shared stateless one
+  (15 bits, memLevel 8), as in Bun.
+* An offer with both ``server_no_context_takeover`` and ``server_max_window_bits=N``
+  is answered, for a dedicated compressor, with both parameters, ``min(N, its
+  window)``, and compressed by a stateless deflater of that window. Bun: the
+  offer switches every compressor to the shared 15-bit one, so Bun declines
+  N < 15 and answers 15 even for a smaller dedicated size (``"3KB"`` … ``"128KB"``).
+* Client side: a shared decompressor always answers ``client_no_context_takeover``
+  and never ``client_max_window_bits`` (a stateless 15-bit inflater reads any
+  client window); a dedicated one echoes an offered ``client_no_context_takeover``
+  and answers ``client_max_window_bits=N`` for an offered N < 15. Both as in Bun.
+* Parameters are answered in Bun's order: the client's, then
+  ``server_no_context_takeover``, then ``server_max_window_bits``.
 * Window bits 8 are answered as 8 but run as 9 in zlib (zlib cannot produce
   raw 8-bit-window streams; see ``bunws._deflate``).
 * ``decompress: "3KB"`` … ``"256KB"``: Bun maps these to *compressor* constants
@@ -35,10 +66,6 @@ Decisions (documented differences from Bun are marked "Bun:"):
   default 1) is a bunws addition; Bun compresses at zlib's default level (6). Any
   other key raises ``InvalidArgument`` (Bun ignores unknown keys; a typo should not
   silently turn compression off).
-* An offer with both ``server_no_context_takeover`` and ``server_max_window_bits``
-  (not in Bun's table) is answered, for a dedicated compressor, with both
-  parameters and compressed by a stateless deflater of that window; a shared
-  compressor declines it like any ``server_max_window_bits`` offer.
 """
 
 from __future__ import annotations
@@ -436,6 +463,33 @@ def _check_params(params: list[tuple[str, str | None]]) -> dict[str, int | None]
     return got
 
 
+def _server_side(
+    wanted: int, got: dict[str, int | None]
+) -> tuple[int, bool, list[str]] | None:
+    """Our compressor's side of the answer: (window bits, no context takeover,
+    response parameters), or None to decline the offer.
+
+    ``wanted`` is the dedicated compressor's window, 0 for the shared (or a
+    disabled) one. The parameters come in Bun's order: no-context-takeover first.
+    """
+    no_ctx = wanted == 0 or "server_no_context_takeover" in got
+    parts = ["server_no_context_takeover"] if no_ctx else []
+    offered = got.get("server_max_window_bits")
+    if offered is not None:
+        if wanted == 0 and offered < 15:
+            # The shared compressor's window is fixed at 15 bits, so it can honour a
+            # limit of 15 but no smaller one (Bun declines those too).
+            return None
+        bits = min(offered, wanted or 15)
+        parts.append(f"server_max_window_bits={bits}")
+        return bits, no_ctx, parts
+    if no_ctx:
+        return 15, True, parts  # the shared compressor's window
+    if wanted < 15:
+        parts.append(f"server_max_window_bits={wanted}")  # Bun announces it even unasked
+    return wanted, False, parts
+
+
 def _answer(config: DeflateConfig, got: dict[str, int | None]) -> Agreement | None:
     parts = ["permessage-deflate"]
 
@@ -454,20 +508,11 @@ def _answer(config: DeflateConfig, got: dict[str, int | None]) -> Agreement | No
 
     # Server side (our deflater).
     wanted = config.compress_window
-    server_bits = wanted if wanted else 15
-    if "server_max_window_bits" in got:
-        if wanted == 0:
-            return None  # Bun: shared/disabled compressor declines the offer
-        server_bits = min(got["server_max_window_bits"], wanted)  # type: ignore[type-var]
-        parts.append(f"server_max_window_bits={server_bits}")
-    elif 0 < wanted < 15 and "server_no_context_takeover" not in got:
-        # Bun announces a smaller dedicated window even unasked.
-        parts.append(f"server_max_window_bits={wanted}")
-    server_no_ctx = wanted == 0 or "server_no_context_takeover" in got
-    if server_no_ctx:
-        parts.append("server_no_context_takeover")
-        if "server_max_window_bits" not in got:
-            server_bits = 15  # the shared compressor's window
+    server = _server_side(wanted, got)
+    if server is None:
+        return None
+    server_bits, server_no_ctx, server_parts = server
+    parts += server_parts
 
     # Any stateless compressor is shared by every connection with the same window.
     shared = server_no_ctx and config.compress_enabled

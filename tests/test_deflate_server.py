@@ -1,4 +1,4 @@
-"""permessage-deflate over real loopback sockets (BUN_SEMANTICS.md §10, issue 4).
+"""permessage-deflate over real loopback sockets (issue 4).
 
 Round trips against the ``websockets`` client with compression on (context takeover
 on and off, window bits 9-15) for Bun's shared and dedicated modes; byte-level
@@ -37,7 +37,7 @@ PMD = "permessage-deflate"
 MODES: dict[str, Any] = {
     "shared": True,
     "dedicated": {"compress": "dedicated", "decompress": "dedicated"},
-    "3KB": {"compress": "3KB"},  # decompress off: inbound is still inflated (§10)
+    "3KB": {"compress": "3KB"},  # decompress off: inbound is still inflated, as in Bun
     "16KB": {"compress": "16KB", "decompress": "dedicated"},
     "256KB": {"compress": "256KB", "decompress": "shared"},
 }
@@ -175,11 +175,11 @@ async def test_websockets_client_window_bits(mode: str, wbits: int) -> None:
 
 @pytest.mark.parametrize("wbits", [9, 12, 15])
 async def test_websockets_client_window_bits_shared(wbits: int) -> None:
-    """Shared mode declines server_max_window_bits offers (§10) but accepts any
-    client window: the client's window is its own business."""
+    """Shared mode accepts any client window (the client's window is its own
+    business) but, like Bun, declines a server window below its fixed 15 bits."""
     echo = Echo(per_message_deflate=True)
     offer = ClientPerMessageDeflateFactory(client_max_window_bits=wbits)
-    declined = ClientPerMessageDeflateFactory(server_max_window_bits=wbits)
+    declined = ClientPerMessageDeflateFactory(server_max_window_bits=wbits - 1)
     async with running(echo.handler) as server:
         async with websockets.connect(ws_url(server), compression=None, extensions=[offer]) as client:
             assert negotiated(client)
@@ -187,6 +187,54 @@ async def test_websockets_client_window_bits_shared(wbits: int) -> None:
         async with websockets.connect(ws_url(server), compression=None, extensions=[declined]) as client:
             assert not negotiated(client)
             await round_trip(client, [MID_TEXT])
+
+
+SHARED_15 = f"{PMD}; client_no_context_takeover; server_no_context_takeover; server_max_window_bits=15"
+OFFERS_15: dict[str, dict[str, Any]] = {
+    "window_15": {"server_max_window_bits": 15},
+    "window_15_server_no_context_takeover": {"server_max_window_bits": 15, "server_no_context_takeover": True},
+    "window_15_client_window_9": {"server_max_window_bits": 15, "client_max_window_bits": 9},
+    "autobahn_13_6": {
+        "server_max_window_bits": 15,
+        "server_no_context_takeover": True,
+        "client_no_context_takeover": True,
+    },
+}
+
+
+@pytest.mark.parametrize("offer", list(OFFERS_15))
+async def test_shared_mode_accepts_server_max_window_bits_15(offer: str) -> None:
+    """Issue 13, item 18: the shared (15-bit, stateless) compressor meets a
+    ``server_max_window_bits=15`` request, so the extension is negotiated as in Bun."""
+    echo = Echo(per_message_deflate=True)
+    factory = ClientPerMessageDeflateFactory(**OFFERS_15[offer])
+    async with running(echo.handler) as server:
+        async with websockets.connect(
+            ws_url(server), compression=None, extensions=[factory], max_size=4 * MiB
+        ) as client:
+            assert client.response.headers["Sec-WebSocket-Extensions"] == SHARED_15
+            (ext,) = negotiated(client)
+            assert (ext.remote_max_window_bits, ext.remote_no_context_takeover) == (15, True)
+            assert ext.local_no_context_takeover
+            await round_trip(client, [SMALL_TEXT, SMALL_TEXT.encode(), "x", MID_TEXT, BIG_TEXT, BIG_BINARY])
+    assert echo.sockets[0].extensions == SHARED_15
+
+
+async def test_shared_mode_compresses_after_server_max_window_bits_15() -> None:
+    """The frames on the wire for Autobahn 13.4's offer: RSV1 both ways, each server
+    message a standalone raw deflate stream of at most 15 window bits."""
+    echo = Echo(per_message_deflate=True)
+    offer = f"{PMD}; client_no_context_takeover; client_max_window_bits; server_max_window_bits=15"
+    async with running(echo.handler) as server:
+        client = await RawClient.connect(server.port, extensions=offer)
+        assert client.headers["sec-websocket-extensions"] == SHARED_15
+        for msg in [SMALL_TEXT, MID_TEXT, SMALL_TEXT]:
+            client.send_raw(wire.client(wire.TEXT, client_compress(msg.encode()), rsv1=True))
+            opcode, payload, fin, rsv1 = await client.recv_frame(timeout=10)
+            assert (opcode, fin, rsv1) == (wire.TEXT, True, True)
+            assert len(payload) < len(msg) // 2
+            assert zlib.decompressobj(-15).decompress(payload + TAIL) == msg.encode()
+        client.close()
 
 
 # ---------------------------------------------------------------- what is on the wire

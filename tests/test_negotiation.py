@@ -1,5 +1,5 @@
-"""RFC 7692 §7 negotiation: Bun's answers (BUN_SEMANTICS.md §10), option validation,
-and a tokenizer that never crashes and stays linear."""
+"""RFC 7692 §7 negotiation: Bun's answers (measured with raw handshakes against Bun),
+option validation, and a tokenizer that never crashes and stays linear."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ OFFERS = [
 
 SHARED_ANSWERS = [f"{PMD}; {CNCT}; {SNCT}", f"{PMD}; {CNCT}; {SNCT}", None, f"{PMD}; {CNCT}; {SNCT}"]
 
-# BUN_SEMANTICS.md §10, measured on Bun 1.4.4: config -> answers to OFFERS.
+# Measured on Bun 1.4.4 (raw handshakes): config -> answers to OFFERS.
 BUN_TABLE = [
     (True, SHARED_ANSWERS),
     ({"compress": "shared", "decompress": "shared"}, SHARED_ANSWERS),
@@ -170,13 +170,97 @@ class TestAgreement:
         assert answer({"decompress": "3KB"}, PMD) == answer({"decompress": "dedicated"}, PMD)
 
     def test_both_server_params_with_dedicated(self):
+        # Bun declines this one (see TestServerMaxWindowBits15); the parameter order is Bun's.
         a = negotiate(DeflateConfig.from_option({"compress": "dedicated"}),
                       f"{PMD}; {SNCT}; server_max_window_bits=11")
-        assert a.response == f"{PMD}; {CNCT}; server_max_window_bits=11; {SNCT}"
+        assert a.response == f"{PMD}; {CNCT}; {SNCT}; server_max_window_bits=11"
         d = a.make_deflater()
         assert d.window_bits == 11 and d.no_context_takeover
         # Stateless, so shared by every connection with the same window (frame-once fan-out).
         assert a.shared_deflate and d is shared_deflater(11, 8)
+
+
+# Bun 1.4.5, raw handshakes: shared mode accepts server_max_window_bits=15 (its
+# stateless compressor already has a 15-bit window) and answers with the window and
+# server_no_context_takeover, whatever the client window; the Autobahn 13.4/13.6 offers
+# are the last two.
+SHARED_15 = f"{PMD}; {CNCT}; {SNCT}; server_max_window_bits=15"
+OFFERS_15 = [
+    f"{PMD}; server_max_window_bits=15",
+    f'{PMD}; server_max_window_bits="15"',
+    f"{PMD}; server_max_window_bits=15; {SNCT}",
+    f"{PMD}; {SNCT}; server_max_window_bits=15",
+    f"{PMD}; server_max_window_bits=15; client_max_window_bits",
+    f"{PMD}; server_max_window_bits=15; client_max_window_bits=15",
+    f"{PMD}; server_max_window_bits=15; client_max_window_bits=9",
+    f"{PMD}; server_max_window_bits=15; client_max_window_bits=8",
+    f"{PMD}; {CNCT}; server_max_window_bits=15",
+    f"{PMD}; {CNCT}; client_max_window_bits; server_max_window_bits=15",
+    f"{PMD}; {CNCT}; client_max_window_bits; {SNCT}; server_max_window_bits=15",
+]
+SHARED_COMPRESSOR_OPTIONS = [
+    True,
+    {"compress": "shared"},
+    {"compress": True, "decompress": False},
+    {"decompress": True},  # compressor disabled: Bun still answers
+    {"compress": False, "decompress": True},
+]
+
+
+class TestServerMaxWindowBits15:
+    """Issue 13, item 18: shared mode declined every server_max_window_bits offer."""
+
+    @pytest.mark.parametrize("option", SHARED_COMPRESSOR_OPTIONS, ids=str)
+    @pytest.mark.parametrize("offer", OFFERS_15)
+    def test_shared_mode_accepts_server_max_window_bits_15(self, option, offer):
+        assert answer(option, offer) == SHARED_15
+
+    @pytest.mark.parametrize(
+        "offer,expected",
+        [
+            (f"{PMD}; server_max_window_bits=15", f"{PMD}; {SNCT}; server_max_window_bits=15"),
+            (f"{PMD}; server_max_window_bits=15; {SNCT}", f"{PMD}; {SNCT}; server_max_window_bits=15"),
+            (f"{PMD}; server_max_window_bits=15; client_max_window_bits",
+             f"{PMD}; {SNCT}; server_max_window_bits=15"),
+            (f"{PMD}; server_max_window_bits=15; client_max_window_bits=9",
+             f"{PMD}; client_max_window_bits=9; {SNCT}; server_max_window_bits=15"),
+            (OFFERS_15[-1], SHARED_15),
+        ],
+    )
+    def test_shared_compressor_dedicated_decompressor(self, offer, expected):
+        # Bun's answers: the client side follows the dedicated decompressor.
+        assert answer({"compress": "shared", "decompress": "dedicated"}, offer) == expected
+
+    def test_shared_agreement_uses_buns_shared_compressor(self):
+        a = negotiate(DeflateConfig.from_option(True), OFFERS_15[-1])
+        assert (a.server_max_window_bits, a.server_no_context_takeover, a.shared_deflate) == (15, True, True)
+        assert a.make_deflater() is shared_deflater(15, 8)
+        assert a.client_no_context_takeover and a.make_inflater().no_context_takeover
+
+    def test_compressor_disabled_agreement_never_compresses(self):
+        a = negotiate(DeflateConfig.from_option({"compress": False, "decompress": True}), OFFERS_15[0])
+        assert a.response == SHARED_15 and not a.compress_enabled and a.make_deflater() is None
+
+    @pytest.mark.parametrize("option", SHARED_COMPRESSOR_OPTIONS, ids=str)
+    @pytest.mark.parametrize("bits", range(8, 15))
+    @pytest.mark.parametrize("extra", ["", f"; {SNCT}", f"; {CNCT}; client_max_window_bits"])
+    def test_shared_mode_still_declines_smaller_windows(self, option, bits, extra):
+        # Bun declines these (Autobahn 13.3/13.5 offer 9): a 15-bit stream could
+        # reference data farther back than the client keeps.
+        assert answer(option, f"{PMD}; server_max_window_bits={bits}{extra}") is None
+
+    def test_declined_smaller_window_falls_through_to_15(self):
+        assert answer(True, f"{PMD}; server_max_window_bits=9, {PMD}; server_max_window_bits=15") == SHARED_15
+
+    @pytest.mark.parametrize(
+        "option",
+        [{"compress": "dedicated"}, {"compress": "dedicated", "decompress": "dedicated"}],
+        ids=str,
+    )
+    def test_dedicated_answers_both_server_params_in_buns_order(self, option):
+        a = negotiate(DeflateConfig.from_option(option), OFFERS_15[-1])
+        assert a.response == SHARED_15
+        assert a.make_deflater() is shared_deflater(15, 8)
 
 
 class TestDeclined:

@@ -2,10 +2,11 @@
 
 Listens on 127.0.0.1:$PORT. ``/echo`` sends back every message with the same
 opcode; ``/sub`` subscribes to topic "t"; ``/pub`` republishes every message to "t".
-``DEFLATE=1`` enables ``per_message_deflate=True`` (Bun's shared mode) and echo
-replies are then sent compressed;
+``DEFLATE=shared`` (or ``1``) enables ``per_message_deflate=True`` (Bun's shared
+mode) and echo replies are then sent compressed;
 ``DEFLATE=dedicated`` uses a dedicated compressor and decompressor per socket
-(accepts the peer's window-bit parameters); ``MAX_PAYLOAD`` sets
+(accepts the peer's window-bit parameters); unset, empty or ``0`` is off, any
+other value is an error; ``MAX_PAYLOAD`` sets
 ``max_payload_length``; ``UVLOOP=1`` runs on uvloop. No pings, no idle timeout.
 Plain HTTP requests get 200 (readiness check).
 """
@@ -18,9 +19,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import bunws  # noqa: E402
 
 ROUTES = {"/echo": "echo", "/sub": "sub", "/pub": "pub"}
-DEFLATE_MODES = {"1": True, "dedicated": {"compress": "dedicated", "decompress": "dedicated"}}
+DEFLATE_MODES = {
+    "": False,
+    "0": False,
+    "1": True,
+    "shared": True,
+    "dedicated": {"compress": "dedicated", "decompress": "dedicated"},
+}
+DEFLATE = os.environ.get("DEFLATE", "")
+if DEFLATE not in DEFLATE_MODES:
+    # A typo must not silently run a conformance suite without compression.
+    sys.exit(f"DEFLATE must be one of {sorted(DEFLATE_MODES)}, got {DEFLATE!r}")
 # With compression negotiated, echo replies are compressed too (as bun_server.js does).
-COMPRESS = os.environ.get("DEFLATE", "") in DEFLATE_MODES
+COMPRESS = DEFLATE_MODES[DEFLATE] is not False
 
 
 def fetch(req, server):
@@ -49,7 +60,7 @@ def main() -> None:
         message=message,
         idle_timeout=0,
         send_pings=False,
-        per_message_deflate=DEFLATE_MODES.get(os.environ.get("DEFLATE", ""), False),
+        per_message_deflate=DEFLATE_MODES[DEFLATE],
         max_payload_length=int(os.environ.get("MAX_PAYLOAD", str(64 * 1024 * 1024))),
         backpressure_limit=int(os.environ.get("BACKPRESSURE", str(64 * 1024 * 1024))),
     )

@@ -6,7 +6,8 @@
 #
 # With no target it starts bunws's echo server, `$PYTHON bench/servers/bunws_server.py`,
 # with PORT set to a free port and DEFLATE=dedicated (so 12.*/13.* exercise every
-# permessage-deflate parameter; DEFLATE=1 is Bun's shared mode, which declines window-bit offers),
+# permessage-deflate parameter; DEFLATE=shared is Bun's shared mode, which like Bun
+# declines server_max_window_bits below 15, so 13.3.*/13.5.* end UNIMPLEMENTED),
 # and tests ws://127.0.0.1:PORT/echo. A SERVER_COMMAND is started the same way (it must
 # read PORT from the environment and serve the path given by --path). A ws:// URL is
 # tested as is (the server must already run; loopback only).
@@ -16,7 +17,8 @@
 #   --cases JSON     case patterns, e.g. '["1.*","12.1.*"]'   (default '["*"]')
 #   --exclude JSON   excluded patterns                        (default '[]')
 #   --out DIR        report directory  (default /tmp/bunws-autobahn/AGENT[-quick])
-#   --agent NAME     name in the report (default bunws, or "server" for a URL)
+#   --agent NAME     name in the report (default bunws, bunws-$DEFLATE when DEFLATE is
+#                    not dedicated, or "server" for a URL or a SERVER_COMMAND)
 #   --path PATH      URL path for a started server (default /echo)
 #   --markdown       summary as markdown tables
 #   --no-details     do not list the suite's text for each problem case
@@ -25,7 +27,7 @@
 #   WSTEST       wstest wrapper (default $AUTOBAHN_PREFIX/wstest, from install.sh)
 #   AUTOBAHN_PREFIX  default /tmp/autobahn27
 #   PYTHON       interpreter for the default server (default: python3 on PATH)
-#   DEFLATE      passed to a started server (default dedicated; 1 = shared mode)
+#   DEFLATE      passed to a started server: dedicated (default), shared (or 1), 0 (off)
 #   AB_TIMEOUT   seconds for the whole wstest run (default 3600; 900 with --quick)
 #   AB_STARTUP   seconds to wait for a started server to listen (default 30)
 #   AB_SUMMARY_ARGS  extra arguments for summarize.py (e.g. --strict-close)
@@ -81,7 +83,9 @@ if [ $# -eq 1 ] && [[ "$1" == ws://* ]]; then
 else
     if [ $# -eq 0 ]; then
         set -- "$PYTHON" "$REPO/bench/servers/bunws_server.py"
-        agent="${agent:-bunws}"
+        # One agent name (and report directory) per compression mode.
+        mode="${DEFLATE:-dedicated}"
+        if [ "$mode" = dedicated ]; then agent="${agent:-bunws}"; else agent="${agent:-bunws-$mode}"; fi
         if [ ! -f "$REPO/bench/servers/bunws_server.py" ]; then
             echo "bench/servers/bunws_server.py does not exist yet" >&2; exit 2
         fi
