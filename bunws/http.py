@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json as _json
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from email.utils import formatdate
@@ -18,11 +19,21 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import HandshakeError, InvalidType
+from .errors import HandshakeError, InvalidArgument, InvalidType
 
-__all__ = ["Headers", "Request", "Response", "accept_key", "check_upgrade_request"]
+__all__ = ["Headers", "Request", "Response", "accept_key", "check_host", "check_upgrade_request"]
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# RFC 9110 §5.1: a field name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value is visible characters, SP/HTAB inside and obs-text
+# (bytes 80-FF, sent as latin-1); control characters and anything past U+00FF can
+# not be written on an HTTP/1.1 connection.
+_BAD_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host is uri-host [":" port]; uri-host is an
+# IP-literal in brackets or a reg-name/IPv4 of unreserved, pct-encoded, sub-delims.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 # Headers the server writes itself in a 101 answer; user values for them are dropped
 # (BUN_SEMANTICS.md §11).
@@ -189,8 +200,6 @@ class Response:
         if not isinstance(status, int) or isinstance(status, bool):
             raise InvalidType(f"status must be an int, got {type(status).__name__}")
         if not 100 <= status <= 999:
-            from .errors import InvalidArgument
-
             raise InvalidArgument(f"status must be in 100..999, got {status}")
         header_list = _header_pairs(headers)
         names = {k.lower() for k, _ in header_list}
@@ -231,6 +240,10 @@ class Response:
 def _header_pairs(
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
 ) -> list[tuple[str, str]]:
+    """Validated ``(name, value)`` pairs for a response: names are RFC 9110 tokens,
+    values have no control characters and fit latin-1 (surrounding blanks trimmed).
+    Raises :class:`InvalidType` / :class:`InvalidArgument` when building the answer,
+    so a bad header never reaches the wire half-written."""
     if headers is None:
         return []
     if isinstance(headers, Mapping):
@@ -245,13 +258,34 @@ def _header_pairs(
             name, value = item
         except (TypeError, ValueError):
             raise InvalidType("headers must be (name, value) pairs") from None
-        name, value = str(name), str(value)
-        if not name or any(c in name for c in "\r\n:") or any(c in value for c in "\r\n"):
-            from .errors import InvalidArgument
-
-            raise InvalidArgument(f"invalid header {name!r}: names and values may not contain CR/LF")
+        name, value = str(name), str(value).strip(" \t")
+        if not _TOKEN.fullmatch(name):
+            raise InvalidArgument(f"invalid header name {name!r}: it must be an RFC 9110 token")
+        bad = _BAD_FIELD_VALUE.search(value)
+        if bad is not None:
+            raise InvalidArgument(
+                f"invalid value for header {name!r}: {bad.group()!r} at index {bad.start()} "
+                "(HTTP/1.1 carries no control characters and nothing beyond U+00FF; "
+                "percent- or otherwise encode it)"
+            )
         pairs.append((name, value))
     return pairs
+
+
+def check_host(headers: Iterable[tuple[str, str]], http_version: str) -> str | None:
+    """Why the request's Host is unacceptable (RFC 9112 §3.2), or ``None``.
+
+    HTTP/1.1 needs exactly one Host line with a valid ``host[:port]`` value (empty
+    is allowed); HTTP/1.0 may omit it.
+    """
+    values = [value for name, value in headers if name.lower() == "host"]
+    if len(values) > 1:
+        return "more than one Host header"
+    if not values:
+        return None if http_version == "1.0" else "no Host header"
+    if not _HOST.fullmatch(values[0].strip(" \t")):
+        return f"invalid Host {values[0]!r}"
+    return None
 
 
 def accept_key(key: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -18,7 +19,7 @@ import httptools
 from ._frame import FrameParser, encode_close, encode_frame
 from ._wscore import dispatch
 from .errors import ProtocolError
-from .http import Headers, Request, Response, build_response, simple_response
+from .http import Headers, Request, Response, build_response, check_host, simple_response
 from .websocket import OP_PING, OP_PONG, ServerWebSocket
 
 if TYPE_CHECKING:
@@ -34,8 +35,17 @@ WEBSOCKET = 1
 CLOSING = 2  # our Close frame is out; waiting for the peer's Close or EOF
 CLOSED = 3
 
+# What the server keeps for a client in the HTTP phase while it cannot answer yet
+# (a running async fetch, a client that does not read): the client decides how much
+# it sends, these decide how much is kept. Past them, reading pauses.
+MAX_QUEUED_REQUESTS = 16  # parsed requests waiting behind a running fetch
+PARSE_SLICE = 8 * 1024  # input parsed between two looks at that queue
+HOLD_LIMIT = 256 * 1024  # bytes after an Upgrade head kept while fetch decides
+HTTP_WRITE_LIMIT = 64 * 1024  # unsent response bytes before answering stops
+
 _TIMEOUT_REASON = "WebSocket timed out from inactivity"
 _EMPTY_PING = encode_frame(OP_PING, b"")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -47,14 +57,21 @@ class Connection(asyncio.BufferedProtocol):
     Sharing one buffer is safe because every consumer copies what it keeps before
     ``buffer_updated`` returns (the frame parser, httptools, ``_held``), and the loop
     never reads for another connection while one's ``buffer_updated`` runs.
+
+    HTTP phase: requests are parsed in slices into ``_queue`` and answered strictly
+    in order, the server's own refusals (400/413/431) included. While the queue is
+    full, an answer cannot be written, or an Upgrade request's fetch is deciding,
+    the rest of the input waits (``_unparsed`` / ``_held``) and reading pauses.
     """
 
     # Slots: thousands of idle connections are the normal case (see the RSS per
     # connection figure in bench/RESULTS.md).
     __slots__ = (
         "server", "clock", "transport", "remote_address", "phase", "paused",
-        "_http", "_url", "_headers", "_head_bytes", "_in_head", "_body", "_requests",
-        "_busy", "_held", "_close_after", "_answer", "deadline",
+        "_http", "_url", "_headers", "_head_bytes", "_head_raw", "_in_head",
+        "_messages", "_body", "_queue", "_queued_body", "_unparsed", "_busy",
+        "_held", "_close_after", "_answer", "_write_blocked", "_reading_paused",
+        "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "deadline",
         "ws", "_parser", "_backlog", "last_inbound", "_ping_sent", "__weakref__",
     )
 
@@ -70,18 +87,29 @@ class Connection(asyncio.BufferedProtocol):
         self.phase = HTTP
         self.paused = False  # ws.pause(): reading stopped, events held in _backlog
         # HTTP phase
-        self._http: httptools.HttpRequestParser | None = None
+        self._http: httptools.HttpRequestParser | None = None  # None once refused or upgrading
         self._url = b""
         self._headers: list[tuple[str, str]] | None = None  # set per request head
-        self._head_bytes = 0
+        self._head_bytes = 0  # URL and header bytes of the current head (callbacks)
+        self._head_raw = 0  # input slices that lay wholly inside the current head
         self._in_head = False
+        self._messages = 0  # request heads begun so far
         self._body: bytearray | None = None
-        # (request, keep-alive); None once upgraded (one fewer object per WebSocket).
-        self._requests: deque[tuple[Request, bool]] | None = deque()
-        self._busy = False  # a fetch() is running (async) or a response is pending
+        # Parsed requests as (request, keep-alive), or (status, False) for a refusal
+        # the server answers itself; None once upgraded (one object fewer per socket).
+        self._queue: deque[tuple[Request | int, bool]] | None = deque()
+        self._queued_body = 0  # body bytes of the queued requests
+        self._unparsed: bytearray | None = None  # input not parsed yet (queue full)
+        self._busy = False  # an async fetch() is running
         self._held: bytearray | None = None  # bytes after an Upgrade request's head
         self._close_after = False  # close once the queued responses are written
         self._answer: bytes | None = None  # server's own answer replacing fetch's (426/403/503)
+        self._write_blocked = False  # HTTP answers wait in the transport (client not reading)
+        self._reading_paused = False
+        self._peer_eof = False  # the client shut down its side; answer what it is owed
+        self._continue_due = False  # a 100 Continue waits for the answers before it
+        self._tls_pending = False  # transport is still the raw TCP one, TLS handshaking
+        self._tls_early: bytearray | None = None  # TLS bytes read before start_tls took over
         self.deadline = 0.0  # handshake / close-handshake deadline (loop time)
         # WebSocket phase
         self.ws: ServerWebSocket | None = None
@@ -102,12 +130,70 @@ class Connection(asyncio.BufferedProtocol):
         if server._stopping or (
             server.max_connections is not None and len(server._connections) > server.max_connections
         ) or server._http_connections >= server.max_pending_handshakes:
-            transport.write(simple_response(503))
-            transport.close()
+            if server.ssl is None:
+                transport.write(simple_response(503))
+                transport.close()
+            else:
+                transport.abort()  # before TLS a plaintext 503 would only be noise
             self.phase = CLOSED
             return
         server._http_connections += 1
         self._http = httptools.HttpRequestParser(self)
+        if server.ssl is not None:
+            self._start_tls(transport)
+
+    def _start_tls(self, raw: Any) -> None:
+        """TLS runs after the accept, so the handshake counts as pending from the
+        first byte (asyncio's own ``ssl=`` would hide it from the limits)."""
+        server = self.server
+        loop = server._loop
+        self._tls_pending = True
+        # Requests may be decrypted before start_tls() returns the TLS transport:
+        # they wait here, since answers must not go to the raw one.
+        self._unparsed = bytearray()
+        # Stock asyncio honours this pause until start_tls resumes reading; uvloop
+        # starts reading after connection_made anyway, so what it reads before
+        # start_tls runs is kept and replayed into the TLS protocol (_replay_tls).
+        raw.pause_reading()
+        task = loop.create_task(self._tls_handshake(raw))
+        server._tasks.add(task)
+        task.add_done_callback(server._tasks.discard)
+        # Two hops: start_tls's first step queues the TLS protocol's connection_made;
+        # the replay must come after it and before anything read later.
+        loop.call_soon(loop.call_soon, self._replay_tls, raw)
+
+    def _replay_tls(self, raw: Any) -> None:
+        early, self._tls_early = self._tls_early, None
+        proto = raw.get_protocol()
+        if not early or proto is self or raw.is_closing():
+            return
+        view = memoryview(early)
+        if hasattr(proto, "get_buffer"):
+            while view:
+                buf = proto.get_buffer(len(view))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                proto.buffer_updated(n)
+                view = view[n:]
+        else:
+            proto.data_received(bytes(view))
+
+    async def _tls_handshake(self, raw: Any) -> None:
+        server = self.server
+        try:
+            transport = await server._loop.start_tls(
+                raw, self, server.ssl, server_side=True,
+                ssl_handshake_timeout=server.handshake_timeout,
+            )
+        except Exception:  # handshake failed or timed out: asyncio has logged what matters
+            raw.abort()
+            self.connection_lost(None)  # not called by asyncio for a handshake that never completed
+            return
+        self._tls_pending = False
+        if self.phase == CLOSED or transport is None:
+            return
+        self.transport = transport
+        self._advance()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server._recv_view
@@ -116,6 +202,11 @@ class Connection(asyncio.BufferedProtocol):
         self.data_received(self.server._recv_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
+        if self._tls_pending and self.transport.get_protocol() is self:
+            if self._tls_early is None:
+                self._tls_early = bytearray()
+            self._tls_early += data  # still TLS records: for _replay_tls
+            return
         phase = self.phase
         if phase == WEBSOCKET:
             self._ws_data(data)
@@ -125,15 +216,30 @@ class Connection(asyncio.BufferedProtocol):
             self._closing_data(data)
 
     def eof_received(self) -> bool | None:
+        if self.phase == HTTP and not self._http_idle() and self.server.ssl is None:
+            # A half-close still lets the client read the answers it is owed.
+            self._peer_eof = True
+            return True
+        if self.phase == WEBSOCKET and self._held is not None:
+            self._peer_eof = True  # the frames already received are dispatched first
+            return True
         # Returning a false value makes the transport close itself.
         return None
 
     def pause_writing(self) -> None:
-        # High-water mark 0 (set at upgrade): the transport now holds unsent bytes.
-        if self.ws is not None:
+        if self.phase == HTTP:
+            self._write_blocked = True
+            self._update_reading()
+        elif self.ws is not None:
+            # High-water mark 0 (set at upgrade): the transport now holds unsent bytes.
             self.ws._write_paused = True
 
     def resume_writing(self) -> None:
+        if self.phase == HTTP:
+            if self._write_blocked:
+                self._write_blocked = False
+                self._advance()
+            return
         # With a high-water mark of 0 this runs exactly when the transport's buffer is
         # empty again: send the one pong kept back meanwhile, then ``drain``.
         ws = self.ws
@@ -162,39 +268,104 @@ class Connection(asyncio.BufferedProtocol):
         self.phase = CLOSED
         self._http = None
         self._parser = None
-        self._requests = None
+        self._queue = None
+        self._unparsed = None
+        self._held = None
         # Break the Connection <-> ServerWebSocket cycle so a closed connection is
         # freed by reference counting, not left for a full GC pass (the app may
         # still hold the socket: its methods then see a closed connection).
         self.ws = None
         server._connection_gone()
 
+    def shutdown(self, close_active: bool) -> None:
+        """``Server.stop()``: idle HTTP connections close now (busy ones answer
+        first, then 503 to what is still queued); WebSockets get 1001."""
+        if self.phase == HTTP:
+            if self._tls_pending or self._http_idle():
+                self._close_http()
+        elif self.phase == WEBSOCKET and self.ws is not None:
+            self.ws.close(1001, "Server shutting down")
+        if close_active and self.phase != HTTP and self.transport is not None:
+            # Do not wait for the peer's Close answer; the 1001 is flushed first.
+            self.transport.close()
+
     # ================================================================ HTTP phase
     def _http_data(self, data: bytes | memoryview) -> None:
         if self._held is not None:
             # After an Upgrade request's head nothing is parsed as HTTP until fetch decides.
-            self._held += data
-            return
-        parser = self._http
-        if parser is None:
-            return
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.server.max_head_size:
-                return self._reject(431)
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._held = bytearray(data[upgrade.args[0] :])
-        except httptools.HttpParserCallbackError:
-            # One of our callbacks rejected the request and already answered it.
-            if self.phase == HTTP and not self._close_after:
-                self._reject(400)
-            return
-        except httptools.HttpParserError:
-            return self._reject(400)
-        if self.phase == HTTP:
+            self._keep_held(data)
+        elif self._unparsed is not None:
+            self._unparsed += data  # a read that was under way when reading paused
+            self._update_reading()
+        else:
+            self._parse(data)
+            self._advance()
+
+    def _http_idle(self) -> bool:
+        """Nothing is owed: no running fetch, no queued request, no waiting input."""
+        return not self._busy and not self._queue and self._unparsed is None and self._held is None
+
+    def _queue_full(self) -> bool:
+        queue = self._queue
+        return queue is not None and (
+            len(queue) >= MAX_QUEUED_REQUESTS or self._queued_body > self.server.max_body_size
+        )
+
+    def _parse(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed ``data`` to httptools in slices, answering as requests complete; stop
+        (keeping the rest in ``_unparsed``) while the queue is full."""
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._http is None:
+                if self._held is not None:
+                    self._keep_held(view[pos:])
+                return  # refused: what follows is never read
+            if self._queue_full():
+                self._unparsed = bytearray(view[pos:])
+                return
+            chunk = view[pos : pos + PARSE_SLICE]
+            upgrade_at = self._feed(chunk)
+            if upgrade_at >= 0:
+                self._held = bytearray()
+                self._keep_held(view[pos + upgrade_at :])
+                pos = end
+            else:
+                pos += len(chunk)
             self._pump()
+
+    def _feed(self, chunk: memoryview) -> int:
+        """Parse one slice; returns where an Upgrade request's head ended, else -1."""
+        parser = self._http
+        assert parser is not None  # _parse checked
+        head_open, heads = self._in_head, self._messages
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._http = None  # the bytes after it are not HTTP unless fetch says no
+            return int(upgrade.args[0])
+        except httptools.HttpParserCallbackError:
+            self._refuse(400)  # no-op when a callback already refused the request
+            return -1
+        except httptools.HttpParserError:
+            self._refuse(400)
+            return -1
+        if head_open and self._in_head and self._messages == heads:
+            # The whole slice belongs to one unfinished head: count it, so a header
+            # that never ends is bounded too (httptools keeps it until it does).
+            self._head_raw += len(chunk)
+            if self._head_raw > self.server.max_head_size:
+                self._refuse(431)
+        return -1
+
+    def _refuse(self, status: int) -> None:
+        """Queue the server's own refusal behind the answers still owed; parse no more."""
+        if self._http is None or self._queue is None:
+            return
+        self._http = None
+        self._unparsed = None
+        self._continue_due = False
+        self._queue.append((status, False))
 
     # httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -203,12 +374,14 @@ class Connection(asyncio.BufferedProtocol):
         self._body = None
         self._in_head = True
         self._head_bytes = 0
+        self._head_raw = 0
+        self._messages += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.server.max_head_size:
-            self._reject(431)
+            self._refuse(431)
             raise _Rejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -216,15 +389,20 @@ class Connection(asyncio.BufferedProtocol):
         assert headers is not None  # on_message_begin made it
         self._head_bytes += len(name) + len(value) + 4
         if len(headers) >= self.server.max_headers or self._head_bytes > self.server.max_head_size:
-            self._reject(431)
+            self._refuse(431)
             raise _Rejected
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        parser, headers = self._http, self._headers
+        assert parser is not None and headers is not None  # set by on_message_begin
+        problem = check_host(headers, parser.get_http_version())
+        if problem is not None:
+            logger.debug("400 for %s: %s", self.remote_address, problem)
+            self._refuse(400)
+            raise _Rejected
         limit = self.server.max_body_size
-        headers = self._headers
-        assert headers is not None  # on_message_begin made it
         for name, value in headers:
             lower = name.lower()
             if lower == "content-length":
@@ -233,45 +411,74 @@ class Connection(asyncio.BufferedProtocol):
                 except ValueError:
                     too_big = False  # llhttp has already rejected a malformed length
                 if too_big:
-                    self._reject(413)
+                    self._refuse(413)
                     raise _Rejected
             elif lower == "expect" and value.lower() == "100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                # The interim answer may not overtake the final answers before it.
+                if self._queue or self._busy:
+                    self._continue_due = True
+                else:
+                    self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         if self._body is None:
             self._body = bytearray()
         self._body += body
         if len(self._body) > self.server.max_body_size:
-            self._reject(413)
+            self._refuse(413)
             raise _Rejected
 
     def on_message_complete(self) -> None:
-        parser, headers = self._http, self._headers
-        assert parser is not None and headers is not None
+        parser, headers, queue = self._http, self._headers, self._queue
+        assert parser is not None and headers is not None and queue is not None
         version = parser.get_http_version()
+        body = bytes(self._body) if self._body else b""
         req = Request(
             parser.get_method().decode("latin-1"),
             self._url.decode("latin-1"),
             Headers(headers),
-            bytes(self._body) if self._body else b"",
+            body,
             http_version=version,
             remote_address=self.remote_address,
             scheme=self.server._scheme,
             connection=self,
         )
-        req_keep_alive = parser.should_keep_alive()
-        assert self._requests is not None  # None only once closed or upgraded
-        self._requests.append((req, req_keep_alive))
+        queue.append((req, parser.should_keep_alive()))
+        self._queued_body += len(body)
+        self._continue_due = False  # the body came anyway: the final answer will do
         self._url = b""
         self._headers = None
         self._body = None
 
     # request processing -----------------------------------------------------------
+    def _advance(self) -> None:
+        """Answer what can be answered, then parse waiting input while there is room."""
+        while self.phase == HTTP:
+            self._pump()
+            if self.phase != HTTP or self._busy or self._write_blocked:
+                break
+            if self._continue_due and not self._queue:
+                self._continue_due = False
+                self.transport.write(_CONTINUE)
+            if self._unparsed is None:
+                break
+            data, self._unparsed = self._unparsed, None
+            self._parse(data)
+        if self.phase == HTTP and self._peer_eof and self._http_idle():
+            self._close_http()
+        self._update_reading()
+
     def _pump(self) -> None:
         """Run ``fetch`` for queued requests, one at a time, in order."""
-        while self._requests and not self._busy and self.phase == HTTP:
-            req, keep_alive = self._requests.popleft()
+        queue = self._queue
+        while queue and not self._busy and not self._write_blocked and self.phase == HTTP:
+            item, keep_alive = queue.popleft()
+            if type(item) is int:
+                self._send_http(simple_response(item), close=True)
+                return
+            assert isinstance(item, Request)
+            req = item
+            self._queued_body -= len(req._body)
             server = self.server
             if server._stopping:
                 self._answer = simple_response(503)
@@ -300,18 +507,18 @@ class Connection(asyncio.BufferedProtocol):
             self._busy = False
             self._write_answer(req, result, keep_alive)
         if self.phase == HTTP:
-            self._pump()
+            self._advance()
 
     def _fetch_failed(self, req: Request, exc: Exception) -> None:
         logger.error("fetch() raised for %s %s", req.method, req.target, exc_info=exc)
         if req._upgraded:
-            self._after_upgrade()
+            self._release_held()
         elif self.phase == HTTP:
             self._send_http(simple_response(500), close=True)
 
     def _write_answer(self, req: Request, result: Any, keep_alive: bool) -> None:
         if req._upgraded:
-            self._after_upgrade()
+            self._release_held()
             return
         if self.phase != HTTP:
             return
@@ -333,10 +540,12 @@ class Connection(asyncio.BufferedProtocol):
         # A request that paused llhttp for an upgrade and was not upgraded ends the
         # connection: the bytes after it were never parsed as HTTP.
         close = not keep_alive or self._held is not None or self.server._stopping
-        self._send_http(
-            build_response(result, keep_alive=not close, head_only=req.method == "HEAD"),
-            close=close,
-        )
+        try:
+            payload = build_response(result, keep_alive=not close, head_only=req.method == "HEAD")
+        except Exception as exc:  # e.g. headers changed after the Response checked them
+            logger.error("cannot send the Response for %s %s", req.method, req.target, exc_info=exc)
+            payload, close = simple_response(500), True
+        self._send_http(payload, close=close)
 
     def _send_http(self, payload: bytes, close: bool) -> None:
         transport = self.transport
@@ -345,17 +554,47 @@ class Connection(asyncio.BufferedProtocol):
         transport.write(payload)
         self.deadline = self.clock() + self.server.handshake_timeout
         if close:
-            self._close_after = True
-            if self._requests is not None:
-                self._requests.clear()
-            self._http = None
-            transport.close()
+            self._close_http()
+        elif transport.get_write_buffer_size() > HTTP_WRITE_LIMIT:
+            # Asked, not trusted to be told: the client is not reading its answers.
+            self._write_blocked = True
 
-    def _reject(self, status: int) -> None:
-        """Answer a request the server refuses on its own, then close."""
-        if self.phase != HTTP or self._close_after:
+    def _close_http(self) -> None:
+        """End the HTTP phase after what is written (FIN once flushed)."""
+        self._close_after = True
+        if self._queue is not None:
+            self._queue.clear()
+        self._http = None
+        self._unparsed = None
+        self._continue_due = False
+        self.transport.close()
+
+    def _update_reading(self) -> None:
+        """Pause reading exactly while some input must wait (one place decides)."""
+        held = self._held
+        wanted = (
+            self.paused
+            or self._unparsed is not None
+            or self._write_blocked
+            or (held is not None and len(held) >= HOLD_LIMIT)
+        )
+        if wanted == self._reading_paused or self._tls_pending:
             return
-        self._send_http(simple_response(status), close=True)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._reading_paused = wanted
+        if wanted:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _keep_held(self, data: bytes | memoryview) -> None:
+        held = self._held
+        assert held is not None
+        held += data
+        if len(held) >= HOLD_LIMIT:
+            self._update_reading()
 
     # ================================================================ upgrade
     def upgrade(self, req: Request, response_head: bytes, ws: ServerWebSocket, parser: FrameParser) -> None:
@@ -366,7 +605,8 @@ class Connection(asyncio.BufferedProtocol):
         server._http_connections -= 1
         self.phase = WEBSOCKET
         self._http = None
-        self._requests = None
+        self._queue = None
+        self._unparsed = None
         self._headers = None
         self.ws = ws
         self._parser = parser
@@ -378,17 +618,32 @@ class Connection(asyncio.BufferedProtocol):
         opener = server._websocket.open
         if opener is not None:
             self._call_corked("open", opener, ws)
+        if self._held is not None:
+            # An async fetch may go on awaiting after upgrade(): the frames that came
+            # with the handshake still go first, right after this loop iteration.
+            server._loop.call_soon(self._release_held)
 
-    def _after_upgrade(self) -> None:
-        """Frames that arrived with the handshake are dispatched after fetch returns."""
-        held, self._held = self._held, None
-        if held and self.phase == WEBSOCKET:
-            self._ws_data(bytes(held))
+    def _release_held(self) -> None:
+        """Dispatch the frames that arrived with the handshake, before any read after."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        self._update_reading()
+        if self.phase != WEBSOCKET:
+            return
+        if held:
+            self._ws_data(held)
+        if self._peer_eof and self.phase == WEBSOCKET:
+            self.transport.close()  # the client had already shut down its side
 
     # ================================================================ WebSocket phase
-    def _ws_data(self, data: bytes | memoryview) -> None:
+    def _ws_data(self, data: bytes | bytearray | memoryview) -> None:
         self.last_inbound = self.clock()
         self._ping_sent = False
+        if self._held is not None:
+            self._keep_held(data)  # behind the frames that came with the handshake
+            return
         parser = self._parser
         try:
             events = parser.feed_flat(data)  # type: ignore[union-attr]
@@ -447,6 +702,8 @@ class Connection(asyncio.BufferedProtocol):
             frame = encode_close(code, reason)
         ws._out += frame
         ws._flush()
+        # close_timeout bounds the flush of the echo and what was queued before it.
+        self.deadline = self.clock() + self.server.close_timeout
         self.transport.close()
         self._finish(code, reason)
 
@@ -538,7 +795,7 @@ class Connection(asyncio.BufferedProtocol):
         self.paused = True
         self.ws._paused = True  # type: ignore[union-attr]
         self._backlog = []
-        self.transport.pause_reading()
+        self._update_reading()
 
     def resume(self) -> None:
         if not self.paused:
@@ -548,7 +805,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_inbound = self.clock()
         if self.phase != WEBSOCKET:
             return
-        self.transport.resume_reading()
+        self._update_reading()
         backlog, self._backlog = self._backlog, None
         if backlog:
             # Not inside the caller's stack: resume() may be called from a handler.
@@ -565,6 +822,9 @@ class Connection(asyncio.BufferedProtocol):
         """Called by the server tick: handshake, idle/ping and close deadlines."""
         phase = self.phase
         if phase == WEBSOCKET:
+            ws = self.ws
+            if ws is not None and ws._write_paused and not self.transport.get_write_buffer_size():
+                self.resume_writing()  # a transport that never resumed us: drain anyway
             handler = self.server._websocket
             idle = handler.idle_timeout
             if not idle or self.paused:
@@ -579,14 +839,30 @@ class Connection(asyncio.BufferedProtocol):
                     ws._out += _EMPTY_PING
                     ws._flush()
         elif phase == HTTP:
-            if not self._busy and now >= self.deadline and self._held is None:
-                self._close_after = True
-                self.transport.close()
-            elif self._held is not None and now >= self.deadline + self.server.handshake_timeout:
-                self.transport.abort()
+            self._check_http_timers(now)
         elif phase == CLOSING:
             if now >= self.deadline:
                 self.transport.abort()
+
+    def _check_http_timers(self, now: float) -> None:
+        """``handshake_timeout`` bounds each wait for the client: for its next request,
+        and for it to read the answers it was sent (then the connection is aborted:
+        a plain close would wait for the unread answers forever)."""
+        transport = self.transport
+        if self._write_blocked and transport.get_write_buffer_size() <= HTTP_WRITE_LIMIT // 4:
+            self.resume_writing()  # a transport that never resumed us
+        if now < self.deadline:
+            return
+        if self._busy:
+            # fetch is the application's to bound; an upgrade left deciding keeps the
+            # client's early frames, so it gets one more timeout, then the connection ends
+            if self._held is not None and now >= self.deadline + self.server.handshake_timeout:
+                transport.abort()
+            return
+        if self._close_after or self._write_blocked or transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            self._close_http()
 
     # ================================================================ handlers
     def _call(self, name: str, fn: Any, *args: Any) -> None:
@@ -609,27 +885,33 @@ class Connection(asyncio.BufferedProtocol):
                 ws._flush()
 
     def _spawn(self, coro: Any) -> None:
+        """Run an async handler as a task; its exception reaches ``error(exc, ws)``
+        with this socket even when the connection is gone by then."""
         server = self.server
         task = server._loop.create_task(coro)
         server._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(partial(self._task_done, self.ws))
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, ws: ServerWebSocket | None, task: asyncio.Task[Any]) -> None:
         self.server._tasks.discard(task)
         if not task.cancelled():
             exc = task.exception()
             if exc is not None and isinstance(exc, Exception):
-                self._handler_error(exc)
+                self._handler_error(exc, ws)
 
-    def _handler_error(self, exc: Exception) -> None:
+    def _handler_error(self, exc: Exception, ws: ServerWebSocket | None = None) -> None:
         """Route a handler exception to ``error(exc, ws)``, or log it and close 1011."""
-        ws = self.ws
-        on_error = self.server._websocket.error
+        if ws is None:
+            ws = self.ws
+        server = self.server
+        on_error = server._websocket.error
         if on_error is not None:
             try:
                 result = on_error(exc, ws)
-                if result is not None and "error" in self.server._websocket.async_handlers:
-                    self.server._loop.create_task(result)
+                if result is not None and "error" in server._websocket.async_handlers:
+                    task = server._loop.create_task(result)
+                    server._tasks.add(task)
+                    task.add_done_callback(server._tasks.discard)
                 return
             except Exception as second:
                 logger.error("error handler raised", exc_info=second)

@@ -8,6 +8,7 @@ publishes costs one ``write`` per receiver, as in uWebSockets.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._wscore import encode_text, fan_out, flush_queued
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 # The per-receiver loop (fan_out) and the end-of-tick write (flush_queued) are
 # compiled in _wscore: it is the only Python-level work per receiver.
 __all__ = ["TopicRegistry", "encode_message", "fan_out", "flush_queued"]
+
+logger = logging.getLogger("bunws")
 
 
 class TopicRegistry:
@@ -39,7 +42,7 @@ class TopicRegistry:
         if subs is None:
             self._topics[topic] = {ws: None}
             if self.listener is not None:
-                self.listener.subscribe(topic)
+                self._tell("subscribe", topic)
         else:
             subs[ws] = None
 
@@ -50,7 +53,15 @@ class TopicRegistry:
             if not subs:
                 del self._topics[topic]
                 if self.listener is not None:
-                    self.listener.unsubscribe(topic)
+                    self._tell("unsubscribe", topic)
+
+    def _tell(self, what: str, topic: str) -> None:
+        # A listener's failure must not leave the registry half-updated or skip the
+        # close handler of the socket whose unsubscribe triggered it.
+        try:
+            getattr(self.listener, what)(topic)
+        except Exception:
+            logger.exception("backplane %s(%r) failed", what, topic)
 
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""

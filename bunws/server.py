@@ -27,7 +27,7 @@ from .http import (
     simple_response,
 )
 from .options import WebSocketHandler, ping_margin
-from .protocol import HTTP, WEBSOCKET, Connection
+from .protocol import HTTP, Connection
 from .pubsub import TopicRegistry, encode_message, fan_out, flush_queued
 from .websocket import ServerWebSocket, _check_compress, _check_topic
 
@@ -126,7 +126,6 @@ class Server:
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
         self._recv_view = memoryview(bytearray(256 * 1024))
-        self._now = self._clock()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
@@ -135,12 +134,9 @@ class Server:
     # ------------------------------------------------------------------ lifecycle
     async def _start(self, sock: socket.socket | None = None) -> None:
         loop = self._loop
-        kwargs: dict[str, Any] = dict(
-            ssl=self.ssl,
-            backlog=self.backlog,
-        )
-        if self.ssl is not None:
-            kwargs["ssl_handshake_timeout"] = self.handshake_timeout
+        # TLS is not handed to create_server: each Connection starts it after the
+        # accept, so a handshake in progress counts against max_pending_handshakes.
+        kwargs: dict[str, Any] = dict(backlog=self.backlog)
         if sock is not None:
             self._aio_server = await loop.create_server(lambda: Connection(self), sock=sock, **kwargs)
         else:
@@ -156,11 +152,18 @@ class Server:
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
 
     def _tick(self) -> None:
-        now = self._now = self._loop.time()
-        for conn in list(self._connections):
-            conn.check_timers(now)
-        if not self._stopped.is_set():
-            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+        now = self._loop.time()
+        try:
+            for conn in list(self._connections):
+                try:
+                    conn.check_timers(now)
+                except Exception:
+                    # One connection's failure (say, a backplane's unsubscribe raising
+                    # while an idle socket is reaped) must not stop every timeout.
+                    logger.exception("timer check failed for %r", conn)
+        finally:
+            if not self._stopped.is_set():
+                self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
 
     @property
     def url(self) -> str:
@@ -193,14 +196,7 @@ class Server:
         if self._aio_server is not None:
             self._aio_server.close()
         for conn in list(self._connections):
-            if conn.phase == HTTP and not conn._busy and conn._held is None:
-                conn._close_after = True
-                conn.transport.close()
-            elif conn.phase == WEBSOCKET and conn.ws is not None:
-                conn.ws.close(1001, "Server shutting down")
-            if close_active and conn.phase != HTTP:
-                # Do not wait for the peers' Close answers; the 1001 is flushed first.
-                conn.transport.close()
+            conn.shutdown(close_active)
         if self._connections:
             self._all_gone = asyncio.Event()
             try:
