@@ -237,22 +237,27 @@ class _Supervisor:
                     os.close(fd)
                     w.ready_fd = -1
 
-    def _reap(self) -> list[tuple[_Worker, int]]:
+    def _reap(self) -> list[tuple[_Worker, int | None]]:
+        """The workers that exited, with their wait statuses.
+
+        Waits for each worker's pid, never for any child (pid -1): the application
+        may have children of its own whose exit statuses belong to it.
+        """
         dead = []
-        while True:
+        for w in self.workers:
+            if not w.pid:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
+                pid, status = os.waitpid(w.pid, os.WNOHANG)
+            except ChildProcessError:  # someone else reaped it: the status is lost
+                pid, status = w.pid, None
             if pid == 0:
-                break
-            for w in self.workers:
-                if w.pid == pid:
-                    w.pid = 0
-                    if w.ready_fd >= 0:
-                        os.close(w.ready_fd)
-                        w.ready_fd = -1
-                    dead.append((w, status))
+                continue
+            w.pid = 0
+            if w.ready_fd >= 0:
+                os.close(w.ready_fd)
+                w.ready_fd = -1
+            dead.append((w, status))
         return dead
 
     def _wait_ready(self, timeout: float) -> None:
@@ -403,7 +408,9 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _describe(status: int) -> str:
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "exit status unknown"
     if os.WIFSIGNALED(status):
         try:
             name = signal.Signals(os.WTERMSIG(status)).name

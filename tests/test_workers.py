@@ -1,6 +1,8 @@
 """``bunws.run(..., workers=N)``: connections spread over forked workers, a crashed
 worker is restarted, SIGTERM stops every worker gracefully (1001) and the
-supervisor exits 0. The workers share topics through a RedisBackplane.
+supervisor exits 0. The workers share topics through a RedisBackplane. The
+supervisor waits only for its own workers: the application's other children keep
+their exit statuses.
 """
 
 from __future__ import annotations
@@ -134,3 +136,60 @@ async def test_inherited_socket_workers_serve_and_stop_gracefully(redis: Any) ->
             pids.add(pid)
         assert proc.pid not in pids
         await stop_and_expect_1001(proc, clients)
+
+
+# Starts an unrelated child that exits with status 3, then runs two workers; after
+# SIGTERM stops them it prints the status that Popen saw.
+APP_WITH_OWN_CHILD = """
+import os, subprocess, sys
+import bunws
+
+child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+print(child.pid, flush=True)
+
+def fetch(req, server):
+    return bunws.Response(str(os.getpid()))
+
+bunws.run(fetch, hostname="127.0.0.1", port=int(os.environ["PORT"]), workers=2, close_timeout=1)
+print("returncode", child.wait(), flush=True)
+"""
+
+
+def has_exited(pid: int) -> bool:
+    """True once ``pid`` has exited: a zombie waiting for its parent, or reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+@ASYNCIO_ONLY
+async def test_supervisor_leaves_the_exit_status_of_other_children_to_the_application(tmp_path: Any) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP_WITH_OWN_CHILD)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(app), env=dict(os.environ, PORT=str(port)), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        child = int(await asyncio.wait_for(proc.stdout.readline(), 15))
+        async with asyncio.timeout(15):
+            while True:  # the workers serve, and the child exited while they run
+                try:
+                    if (await http_get(port, "/")).isdigit() and has_exited(child):
+                        break
+                except OSError:
+                    pass
+                assert proc.returncode is None, "supervisor exited"
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out = await asyncio.wait_for(proc.stdout.read(), 15)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert out.decode().split() == ["returncode", "3"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
