@@ -29,7 +29,8 @@ cdef enum ParserState:
     ST_FAILED = 3
 
 
-# Where the payload of the current frame goes.
+# Where the payload of the current frame goes. The bytes objects and the message
+# buffer grow as payload arrives, up to the length the header declared.
 cdef enum Sink:
     SINK_BYTES = 0     # straight into the result bytes object (single-frame binary)
     SINK_MSG = 1       # into the growable message buffer (text, fragments)
@@ -57,7 +58,8 @@ cdef class FrameParser:
     cdef Py_ssize_t f_len         # payload length from the header
     cdef Py_ssize_t f_done        # payload bytes received so far
     cdef Sink sink
-    cdef uint8_t *f_dst           # where the next payload byte goes
+    cdef uint8_t *f_dst           # where payload byte 0 goes
+    cdef Py_ssize_t f_cap         # payload bytes f_dst has room for (grows up to f_len)
     cdef object f_obj             # bytes being filled (SINK_BYTES / SINK_FRAME)
     cdef uint8_t ctrl[128]
     # current data message
@@ -76,7 +78,8 @@ cdef class FrameParser:
     cdef readonly str reason
 
     cdef int _parse(self, const uint8_t *p, Py_ssize_t n, list out) except -1
-    cdef int _header(self, const uint8_t *h) except -1
+    cdef int _header(self, const uint8_t *h, Py_ssize_t avail) except -1
+    cdef int _grow_payload(self, Py_ssize_t need) except -1
     cdef int _frame_done(self, list out) except -1
     cdef int _emit_control(self, list out) except -1
     cdef int _emit_message(self, list out) except -1

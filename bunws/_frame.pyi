@@ -87,6 +87,11 @@ class FrameParser:
     @property
     def closed(self) -> bool:
         """True once a CLOSE event was emitted."""
+    @property
+    def buffer_capacity(self) -> int:
+        """Bytes reserved for the message being received (reassembly buffer plus the
+        frame being filled). It grows with the payload bytes that arrived, not with
+        the length a header declares."""
     def feed(self, data: Buffer) -> list[tuple[Opcode, Payload]]:
         """Parse ``data``; return the completed events.
 

@@ -3,20 +3,27 @@
 The parser owns the whole read side of RFC 6455 §5: header decoding, unmasking,
 fragment reassembly, control frames interleaved in fragmented messages, RSV1 with
 an inflater hook (RFC 7692), UTF-8 validation, size and fragment limits, and the
-close payload rules. Errors carry Bun's close code and reason string
-(BUN_SEMANTICS.md §7). No sockets, loops, loggers or handlers live here.
+close payload rules. Errors carry Bun's close code and reason string. No sockets,
+loops, loggers or handlers live here.
 
-Every payload is copied exactly once into memory that the caller then owns:
-single-frame binary messages are unmasked straight into the result ``bytes``;
-text and fragmented messages are unmasked into one growable reassembly buffer
-and then copied into the final ``bytes``/``str``. Nothing handed out is a view
-into a reused buffer.
+Every payload is unmasked exactly once into memory that the caller then owns:
+single-frame binary messages straight into the result ``bytes``; text and
+fragmented messages into one growable reassembly buffer, then copied into the
+final ``bytes``/``str``. Nothing handed out is a view into a reused buffer.
+
+Memory follows the payload that arrived, not the length a header declares, so a
+peer cannot reserve max_payload_length with a 14-byte header: a frame gets its
+whole length up front only when that is at most 64 KiB or already in the input;
+otherwise room for twice what arrived (at least 64 KiB), regrown (by realloc)
+to twice what arrived whenever that room is full.
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyObject_CheckBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, _PyBytes_Resize
 from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XINCREF, Py_XDECREF
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
@@ -198,7 +205,7 @@ cdef extern from *:
 
 bunws_utf8_init()
 
-# Bun's reason strings (BUN_SEMANTICS.md §7).
+# Bun's reason strings.
 cdef str R_MASK = "Received an incorrectly masked frame"
 cdef str R_RSV1 = "Received unexpected RSV1 bit"
 cdef str R_RSV23 = "Received unexpected RSV2 or RSV3 bit"
@@ -217,6 +224,9 @@ cdef str R_LENGTH = "Received invalid frame length"
 # The reassembly buffer is released after a message larger than this, so an idle
 # connection does not keep a max_payload_length-sized buffer alive.
 cdef Py_ssize_t KEEP_MSG_BUFFER = 65536
+# A frame longer than this that has not fully arrived starts with room for twice
+# what arrived (at least this much) and grows as more comes.
+cdef Py_ssize_t GROW_CHUNK = 65536
 
 _OPCODE_MEMBERS = {int(m): m for m in globals()["Opcode"]}
 
@@ -231,6 +241,14 @@ cdef inline Py_ssize_t header_size(uint8_t b1) noexcept nogil:
     if b1 & 0x80:
         size += 4
     return size
+
+
+cdef inline Py_ssize_t first_reserve(Py_ssize_t length, Py_ssize_t avail) noexcept nogil:
+    # The whole payload when it is small or already in the input (filled with no
+    # regrowth); otherwise room for twice what arrived, so a header claims little.
+    if length <= GROW_CHUNK or length <= avail:
+        return length
+    return min(length, max(GROW_CHUNK, 2 * avail))
 
 
 cdef inline const char *utf8_errors(bint strict) noexcept:
@@ -338,6 +356,15 @@ cdef class FrameParser:
         """True once a CLOSE event was emitted; later input is ignored."""
         return self.state == ST_CLOSED
 
+    @property
+    def buffer_capacity(self):
+        """Bytes reserved for the message being received: the reassembly buffer plus
+        the payload object of the frame being filled."""
+        cdef Py_ssize_t n = self.msg_cap
+        if self.f_obj is not None:
+            n += PyBytes_GET_SIZE(self.f_obj)
+        return n
+
     def feed(self, data):
         """Parse ``data`` and return the completed events as ``(Opcode, payload)`` pairs.
 
@@ -419,7 +446,7 @@ cdef class FrameParser:
                         need = header_size(p[pos + 1])
                         if avail >= need:
                             # fast path: the whole header is in this chunk
-                            self._header(p + pos)
+                            self._header(p + pos, avail - need)
                             pos += need
                             if self.f_len == 0:
                                 self._frame_done(out)
@@ -440,11 +467,13 @@ cdef class FrameParser:
                 if self.hdr_len < need:
                     return 0
                 self.hdr_len = 0
-                self._header(self.hdr)
+                self._header(self.hdr, n - pos)
                 if self.f_len == 0:
                     self._frame_done(out)
             elif self.state == ST_PAYLOAD:
                 k = min(self.f_len - self.f_done, n - pos)
+                if self.f_done + k > self.f_cap:
+                    self._grow_payload(self.f_done + k)
                 if self.f_masked:
                     bunws_unmask(self.f_dst + self.f_done, p + pos, k, self.mask, self.f_done & 3)
                 else:
@@ -458,8 +487,11 @@ cdef class FrameParser:
                 return 0
         return 0
 
-    cdef int _header(self, const uint8_t *h) except -1:
-        """Decode and check one complete header; set up where the payload goes."""
+    cdef int _header(self, const uint8_t *h, Py_ssize_t avail) except -1:
+        """Decode and check one complete header; set up where the payload goes.
+
+        ``avail`` is how many payload bytes follow the header in the current input.
+        """
         cdef uint8_t b0 = h[0], b1 = h[1]
         cdef int op = b0 & 0x0F
         cdef bint fin = (b0 & 0x80) != 0
@@ -503,6 +535,7 @@ cdef class FrameParser:
                 return self._fail(1002, R_CTRL_FRAG)
             self.sink = SINK_CTRL
             self.f_dst = self.ctrl
+            self.f_cap = L
             self.state = ST_PAYLOAD
             return 0
 
@@ -532,21 +565,46 @@ cdef class FrameParser:
             if L > self.max_payload_length:
                 raise MessageTooBig()
             self.sink = SINK_FRAME
-            self.f_obj = PyBytes_FromStringAndSize(NULL, L)
-            self.f_dst = <uint8_t *>PyBytes_AS_STRING(self.f_obj)
+            start_frame_object(self, first_reserve(L, avail))
         else:
             if L > self.max_payload_length - self.m_len:
                 raise MessageTooBig()
             if fin and op == BINARY:
                 # single-frame binary message: unmask straight into the result
                 self.sink = SINK_BYTES
-                self.f_obj = PyBytes_FromStringAndSize(NULL, L)
-                self.f_dst = <uint8_t *>PyBytes_AS_STRING(self.f_obj)
+                start_frame_object(self, first_reserve(L, avail))
             else:
-                self._msg_reserve(L)
+                self._msg_reserve(first_reserve(L, avail))
                 self.sink = SINK_MSG
                 self.f_dst = self.msg + self.m_len
+                self.f_cap = self.msg_cap - self.m_len
         self.state = ST_PAYLOAD
+        return 0
+
+    cdef int _grow_payload(self, Py_ssize_t need) except -1:
+        """Make room for ``need`` payload bytes of the current frame (more than it
+        has): room for twice that, so the copies realloc makes cost amortised O(1)
+        per byte and the reservation stays within twice what arrived; never past
+        the frame's declared length."""
+        cdef Py_ssize_t cap = 2 * need
+        cdef PyObject *raw
+        if cap > self.f_len:
+            cap = self.f_len
+        if self.sink == SINK_MSG:
+            self._msg_reserve(cap)
+            self.f_dst = self.msg + self.m_len
+            self.f_cap = self.msg_cap - self.m_len
+            return 0
+        # SINK_BYTES / SINK_FRAME: _PyBytes_Resize needs the only reference to the
+        # object, so f_obj lends it for the call (on failure the object is freed).
+        raw = <PyObject *>self.f_obj
+        Py_XINCREF(raw)
+        self.f_obj = None
+        _PyBytes_Resize(&raw, cap)
+        self.f_obj = <object>raw
+        Py_XDECREF(raw)
+        self.f_dst = <uint8_t *>PyBytes_AS_STRING(self.f_obj)
+        self.f_cap = cap
         return 0
 
     cdef int _frame_done(self, list out) except -1:
@@ -687,6 +745,15 @@ cdef class FrameParser:
         memcpy(self.msg + self.m_len, data, n)
         self.m_len += n
         return 0
+
+
+cdef inline int start_frame_object(FrameParser p, Py_ssize_t size) except -1:
+    # The payload goes into a new bytes object (SINK_BYTES, SINK_FRAME) of `size`
+    # bytes; _grow_payload enlarges it if the frame is longer.
+    p.f_obj = PyBytes_FromStringAndSize(NULL, size)
+    p.f_dst = <uint8_t *>PyBytes_AS_STRING(p.f_obj)
+    p.f_cap = size
+    return 0
 
 
 # ---------------------------------------------------------------------------

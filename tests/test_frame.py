@@ -1,8 +1,11 @@
 """Byte-level tests of the frame codec (bunws._frame): RFC 6455 §5 rules with Bun's
-close codes and reasons, length boundaries, chunking invariance, the error rule."""
+close codes and reasons, length boundaries, chunking invariance, the error rule, and
+memory reserved as payload arrives rather than as a header declares."""
 
 from __future__ import annotations
 
+import random
+import tracemalloc
 import zlib
 
 import pytest
@@ -415,6 +418,129 @@ def test_rejects_compressed_frame_longer_than_the_limit_from_its_header():
     p = FrameParser(inflater=ZlibInflater(), max_payload_length=5)
     with pytest.raises(MessageTooBig):
         p.feed(wire.header(2, 6, rsv1=True, mask=M))
+
+
+# --- memory follows the payload that arrived ---------------------------------------
+
+BIG = 16 * 1024 * 1024  # the default max_payload_length
+FIRST_RESERVE = 64 * 1024  # the most a frame that barely started may reserve past what arrived
+TEN = b"0123456789"
+
+# name -> (the start of a message declaring about BIG bytes, parser options)
+LARGE_STARTS = {
+    "single_frame_binary": (wire.header(2, BIG, mask=M) + TEN, {}),
+    "single_frame_text": (wire.header(1, BIG, mask=M) + TEN, {}),
+    "first_fragment": (wire.header(2, BIG, fin=False, mask=M) + TEN, {}),
+    "continuation": (wire.client(1, "ab", fin=False) + wire.header(0, BIG - 2, mask=M) + TEN, {}),
+    "compressed": (wire.header(2, BIG, rsv1=True, mask=M) + TEN, {"inflater": "zlib"}),
+    "client_side": (wire.header(2, BIG) + TEN, {"server": False}),
+}
+
+
+@pytest.mark.parametrize("name", LARGE_STARTS)
+def test_a_header_declaring_16_mib_reserves_memory_only_for_what_arrived(name):
+    stream, kw = LARGE_STARTS[name]
+    p = FrameParser(**_kw(kw))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert p.feed(stream) == []
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert p.buffer_capacity <= FIRST_RESERVE + len(stream)
+    assert peak <= FIRST_RESERVE + 16 * 1024  # plus small Python objects
+
+
+@pytest.mark.parametrize("server", [True, False])
+@pytest.mark.parametrize("opcode,fin", [(2, True), (1, True), (2, False)])
+def test_reserved_memory_grows_with_the_payload_that_arrived(server, opcode, fin):
+    data = b"x" * (3 << 20)
+    stream = wire.frame(opcode, data, fin=fin, mask=M if server else None)
+    if not fin:
+        stream += wire.frame(0, b"", mask=M if server else None)
+    p = FrameParser(server=server)
+    events, received = [], 0
+    for i in range(0, len(stream), 65536):
+        chunk = stream[i:i + 65536]
+        events += p.feed(chunk)
+        received += len(chunk)
+        if not events:
+            assert p.buffer_capacity <= 2 * received + FIRST_RESERVE
+    assert events == [(opcode, data.decode() if opcode == 1 else data)]
+    assert p.buffer_capacity <= FIRST_RESERVE  # a large reassembly buffer is released
+
+
+def test_a_frame_arriving_whole_fills_its_result_with_one_reservation():
+    data = random.Random(1).randbytes(1 << 20)
+    stream = wire.client(2, data)
+    p = FrameParser()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        (event,) = p.feed(stream)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert event == (2, data)
+    assert peak <= len(data) + 16 * 1024  # no second buffer, no copy
+
+
+def large_splits(stream: bytes):
+    """Chunkings of a stream of frames over 64 KiB: two-way splits around the header,
+    the first reservation, each doubling and the end; fixed chunk sizes with odd
+    strides (every mask phase), including one byte at a time."""
+    n = len(stream)
+    points = set(range(24)) | set(range(n - 8, n + 1))
+    for edge in (1 << 16, 1 << 17, 1 << 18):
+        points |= set(range(edge - 20, edge + 20))
+    yield [stream]
+    for i in sorted(q for q in points if 0 <= q <= n):
+        yield [stream[:i], stream[i:]]
+    for size in (1, 7, 4093, 65535, 65537, 200_003):
+        yield [stream[i:i + size] for i in range(0, n, size)]
+
+
+RNG = random.Random(17)
+BLOB = RNG.randbytes(200_000)
+TEXT = "".join(RNG.choice("aé€𝄞 ") for _ in range(90_000))  # ~200 KB, code points of 1-4 bytes
+RAW = TEXT.encode()
+BAD = RAW[:150_001] + b"\xff" + RAW[150_001:]
+TAIL = wire.client(1, "tail")
+LARGE_STREAMS = {
+    "binary": (wire.client(2, BLOB) + TAIL, {}, ([(2, BLOB), (1, "tail")], None)),
+    "binary_client_side": (wire.server(2, BLOB) + wire.server(1, "tail"), {"server": False},
+                           ([(2, BLOB), (1, "tail")], None)),
+    "text": (wire.client(1, TEXT) + TAIL, {}, ([(1, TEXT), (1, "tail")], None)),
+    "fragmented_text_split_inside_code_points": (
+        wire.fragments(1, [RAW[:70_001], RAW[70_001:70_002], RAW[70_002:]]) + TAIL, {},
+        ([(1, TEXT), (1, "tail")], None)),
+    "fragmented_binary_with_ping": (
+        wire.client(2, BLOB[:100_000], fin=False) + wire.client(9, b"p")
+        + wire.client(0, BLOB[100_000:]) + TAIL, {},
+        ([(9, b"p"), (2, BLOB), (1, "tail")], None)),
+    "compressed": (wire.client(2, deflate(BLOB), rsv1=True) + TAIL, {"inflater": "zlib"},
+                   ([(2, BLOB), (1, "tail")], None)),
+    "compressed_fragmented": (
+        wire.client(1, deflate(RAW)[:90_000], rsv1=True, fin=False)
+        + wire.client(0, deflate(RAW)[90_000:]) + TAIL, {"inflater": "zlib"},
+        ([(1, TEXT), (1, "tail")], None)),
+    "invalid_utf8_in_large_text": (wire.client(1, BAD) + TAIL, {},
+                                   ([], (1007, "Received invalid UTF-8"))),
+    "invalid_utf8_in_large_fragment": (
+        wire.client(1, BAD[:160_000], fin=False) + wire.client(0, BAD[160_000:]), {},
+        ([], (1007, "Received invalid UTF-8"))),
+    "too_big_after_a_large_fragment": (
+        wire.client(2, BLOB, fin=False) + wire.client(0, BLOB), {"max_payload_length": 300_000},
+        ([], (1009, "Received too big message"))),
+}
+
+
+@pytest.mark.parametrize("name", LARGE_STREAMS)
+def test_large_frames_give_the_same_outcome_however_they_are_cut(name):
+    stream, kw, expected = LARGE_STREAMS[name]
+    for chunks in large_splits(stream):
+        assert parse(stream, chunks, **_kw(kw)) == expected, [len(c) for c in chunks]
 
 
 # --- encoders -----------------------------------------------------------------------

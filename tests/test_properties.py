@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -137,6 +138,28 @@ def test_client_side_parser_reads_wsproto_server_frames(msgs, cuts):
             stream += proto.send_data(part, fin=i == len(value) - 1)
         events.append((1, "".join(value)) if kind == "text" else (2, b"".join(value)))
     assert parse_chunks(cut(bytes(stream), cuts), server=False) == (events, None)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["text", "binary"]),
+    st.integers(1, 3),
+    st.integers(60_000, 300_000),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 10**6), max_size=12),
+    st.booleans(),
+)
+def test_large_messages_parse_the_same_however_they_are_cut(kind, nparts, size, seed, cuts, server):
+    """Frames over 64 KiB arriving in pieces take the growing-buffer path."""
+    rng = random.Random(seed)
+    if kind == "text":
+        data = "".join(rng.choice("aé€𝄞") for _ in range(size // 2)).encode()
+    else:
+        data = rng.randbytes(size)
+    parts = cut(data, [rng.randrange(len(data) + 1) for _ in range(nparts - 1)])
+    stream = wire.fragments(1 if kind == "text" else 2, parts, mask=wire.DEFAULT_MASK if server else None)
+    expected = (1, data.decode()) if kind == "text" else (2, data)
+    assert parse_chunks(cut(stream, cuts), server=server) == ([expected], None)
 
 
 # --- UTF-8 ----------------------------------------------------------------------------
