@@ -53,7 +53,7 @@ fi
 # Bun from the npm registry (the package's postinstall picks the platform binary package).
 NODE_DIR="$WORK/node"
 BUN="$NODE_DIR/node_modules/.bin/bun"
-BUN_VERSION="${BUN_VERSION:-1.4.4}"   # the reference version of shared/BUN_SEMANTICS.md
+BUN_VERSION="${BUN_VERSION:-1.4.4}"   # the Bun version docs/bun-behaviour.md was measured on
 if [ -x "$BUN" ] && [ "$("$BUN" --version 2>/dev/null)" = "$BUN_VERSION" ]; then
     echo "[setup] bun: present ($("$BUN" --version))"
 else

@@ -1,8 +1,8 @@
 """Backpressure against clients that stop reading: send statuses, buffered amount,
 drain, close_on_backpressure_limit, close() with buffered data, bounded pongs.
 
-Reference: BUN_SEMANTICS.md §2 (statuses), §3 (backpressure, drain, limits), §6.1
-(close flushes queued data); RELIABILITY.md "Slow consumer", "Ping floods".
+Reference: docs/bun-behaviour.md §2 (statuses), §3 (backpressure, drain, limits), §6.1
+(close flushes queued data), §9 and §14 (slow consumers, ping floods).
 
 The peer here is a plain non-blocking socket driven through the loop's ``sock_*``
 calls, so "not reading" really means nothing is read (no StreamReader buffering).

@@ -1,5 +1,5 @@
 """bunws._deflate: RFC 7692 §7.2.3 examples, round trips against Python's zlib,
-fragmented messages, deflate bombs (RELIABILITY.md) and per-object zlib memory."""
+fragmented messages, deflate bombs (docs/bun-behaviour.md §14) and per-object zlib memory."""
 
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ class TestLimits:
             Inflater().decompress("abc", 10, True)
 
 
-# -- deflate bombs (RELIABILITY.md "Deflate bomb") ----------------------------
+# -- deflate bombs (docs/bun-behaviour.md §14) ----------------------------------
 
 
 def make_bomb(mib: int) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""HTTP/1.1 front and the WebSocket opening handshake (RFC 6455 §4, BUN_SEMANTICS §11)."""
+"""HTTP/1.1 front and the WebSocket opening handshake (RFC 6455 §4, docs/bun-behaviour.md §11)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Lifecycle over real loopback sockets: idle timeout and pings, handshake timeout
 (slowloris), graceful stop, TLS, connection cap, option validation.
 
-Reference: BUN_SEMANTICS.md §1 (options), §6.2 (close paths), §8 (idle/pings);
-RELIABILITY.md (slowloris, graceful shutdown); issue 3 "Tests".
+Reference: docs/bun-behaviour.md §1 (options), §6.2 (close paths), §8 (idle/pings),
+§14 (slowloris, graceful shutdown); issue 3 "Tests".
 The long timing tests run several scenarios concurrently in one test and only on the
 stock asyncio loop (the timers are the server's own tick, not the loop's).
 """
@@ -79,7 +79,7 @@ async def http_status(port: int, raw: bytes, timeout: float = 5.0) -> int:
 # ================================================================ idle timeout / pings
 @ASYNCIO_ONLY
 async def test_idle_timeout_pings_reaping_and_liveness() -> None:
-    """idle_timeout=8: every scenario of BUN_SEMANTICS.md §8 in one ~11 s window.
+    """idle_timeout=8: every scenario of docs/bun-behaviour.md §8 in one ~11 s window.
 
     * silent raw client, send_pings=True: empty Ping at ~4 s, TCP closed at ~8 s, no Close;
     * client answering pings (websockets' automatic pongs) stays open past 8 s;

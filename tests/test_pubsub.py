@@ -1,4 +1,4 @@
-"""Pub/sub over real loopback sockets: every rule of BUN_SEMANTICS.md §5.
+"""Pub/sub over real loopback sockets: every rule of docs/bun-behaviour.md §5.
 
 Only the public API is driven (``subscribe``/``publish*``/``subscriptions``,
 ``Server.publish``/``subscriber_count``); what subscribers receive is checked byte by
@@ -26,9 +26,9 @@ import bunws
 
 TAIL = b"\x00\x00\xff\xff"
 
-# BUN_SEMANTICS.md §5 asks for 10 000 subscribers on one topic. The subscriber side
-# runs in a child process: both ends in one process would need ~20 000 descriptors
-# and the hard RLIMIT_NOFILE here is 20 000.
+# The fan-out rules of docs/bun-behaviour.md §5 are checked with 10 000 subscribers on
+# one topic. The subscriber side runs in a child process: both ends in one process
+# would need ~20 000 descriptors and the hard RLIMIT_NOFILE here is 20 000.
 MANY_SUBSCRIBERS = 10_000
 MANY_TOPICS = 1_000
 STUCK_LIMIT = 1 << 16

@@ -1,6 +1,6 @@
 """ServerWebSocket over real loopback sockets: send statuses, cork, close paths, errors.
 
-Reference: BUN_SEMANTICS.md §2 (statuses), §4 (cork), §6 (closing), §7 (protocol
+Reference: docs/bun-behaviour.md §2 (statuses), §4 (cork), §6 (closing), §7 (protocol
 errors), §13 (handler errors).
 """
 
