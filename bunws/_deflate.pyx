@@ -2,7 +2,7 @@
 
 Sans-I/O: bytes in, bytes out. No per-message Python zlib objects.
 
-Memory model (BUN_SEMANTICS.md §10, RELIABILITY.md "Compression memory/CPU"):
+Memory model (docs/bun-behaviour.md §10, §14):
 
 * Without context takeover nothing is kept per object while idle. Every
   ``Deflater(no_context_takeover=True)`` with the same (window_bits, mem_level,
@@ -15,7 +15,7 @@ Memory model (BUN_SEMANTICS.md §10, RELIABILITY.md "Compression memory/CPU"):
 The shared streams rely on the GIL: no call releases it, so two calls can never
 interleave on one stream.
 
-Deflate bombs (RELIABILITY.md "Deflate bomb"): ``Inflater.decompress`` inflates in
+Deflate bombs (docs/bun-behaviour.md §14): ``Inflater.decompress`` inflates in
 steps of at most 64 KiB of output and raises ``MessageTooBig`` as soon as the
 output of the call exceeds ``max_length``; it never holds more than
 ``max_length + 1`` inflated bytes.

@@ -10,7 +10,7 @@ Python in websocket.py and protocol.py.
 
 What lives here:
 * ``WebSocketCore``: the write side's state and ``send``/``send_text``/
-  ``send_binary``/``ping``/``pong``/``cork`` with Bun's statuses (BUN_SEMANTICS §2);
+  ``send_binary``/``ping``/``pong``/``cork`` with Bun's statuses (docs/bun-behaviour.md §2);
 * ``dispatch()``: delivers parsed events to the handlers inside one cork;
 * ``fan_out()`` / ``flush_queued()``: frame-once publish and the end-of-tick write.
 

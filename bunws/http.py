@@ -36,7 +36,7 @@ _BAD_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 # Headers the server writes itself in a 101 answer; user values for them are dropped
-# (BUN_SEMANTICS.md §11).
+# (docs/bun-behaviour.md §11).
 _RESERVED_101 = frozenset(
     {"upgrade", "connection", "sec-websocket-accept", "sec-websocket-extensions"}
 )
@@ -300,7 +300,7 @@ def check_upgrade_request(req: Request) -> str:
     Returns the ``Sec-WebSocket-Key``. Raises :class:`HandshakeError` with status 400
     when this is not a valid upgrade, or 426 when only the version is wrong (the
     server then answers 426 itself, as Bun does). The ``Connection`` header is not
-    checked, as in Bun (BUN_SEMANTICS.md §11).
+    checked, as in Bun (docs/bun-behaviour.md §11).
     """
     headers = req.headers
     if req.method != "GET":

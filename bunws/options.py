@@ -1,7 +1,7 @@
 """``WebSocketHandler``: the ``websocket`` block of ``Bun.serve``, validated up front.
 
 Bun's option names become snake_case and Bun's defaults, ranges and clamping rules
-are kept (BUN_SEMANTICS.md §1). Invalid values raise at construction time, so a bad
+are kept (docs/bun-behaviour.md §1). Invalid values raise at construction time, so a bad
 configuration fails at ``serve()``, never on the first connection.
 """
 

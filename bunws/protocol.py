@@ -779,7 +779,7 @@ class Connection(asyncio.BufferedProtocol):
             self.phase = CLOSING
         server = self.server
         server._pending_websockets -= 1
-        # Subscriptions go before the close handler runs (BUN_SEMANTICS.md §5).
+        # Subscriptions go before the close handler runs (docs/bun-behaviour.md §5).
         ws._unsubscribe_all()
         ws._discard()
         ws._pending_pong = None

@@ -2,7 +2,7 @@
 
 It owns the outgoing byte queue (cork buffer and queued publishes share one
 ``bytearray`` so per-socket order always equals call order), the send-status rules
-of Bun (BUN_SEMANTICS.md §2-§4), the socket's compressor and its subscriptions.
+of Bun (docs/bun-behaviour.md §2-§4), the socket's compressor and its subscriptions.
 The per-message methods (``send*``, ``ping``, ``pong``, ``cork``) are compiled in
 :mod:`bunws._wscore` (the benchmark that justified it is cited there); the rest is
 here. The read side and the lifecycle live in :mod:`bunws.protocol`.
@@ -212,7 +212,7 @@ class ServerWebSocket(WebSocketCore):
         if type(data) is not str:
             raise InvalidType(f"publish_text expects a str, got {type(data).__name__}")
         if topic == "":
-            return 0  # Bun returns 0 here instead of throwing (BUN_SEMANTICS.md §5)
+            return 0  # Bun returns 0 here instead of throwing (docs/bun-behaviour.md §5)
         _check_topic(topic)
         if compress is not False:
             _check_compress(compress)
