@@ -7,8 +7,8 @@ Three pieces:
 * :class:`DeflateConfig` validates the ``per_message_deflate`` option exactly like
   Bun's ``perMessageDeflate``.
 * :func:`negotiate` picks an offer and answers with the header Bun sends for
-  that mode (measured with raw handshakes against Bun 1.4.4 and 1.4.5), returning
-  an :class:`Agreement` that builds the codec objects.
+  that mode (docs/bun-behaviour.md §10; measured with raw handshakes against Bun
+  1.4.4 and 1.4.5), returning an :class:`Agreement` that builds the codec objects.
 
 Answers of a shared compressor (``per_message_deflate=True``), the same as Bun's,
 whatever client parameters come with the offer:

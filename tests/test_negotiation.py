@@ -1,5 +1,6 @@
-"""RFC 7692 §7 negotiation: Bun's answers (measured with raw handshakes against Bun),
-option validation, and a tokenizer that never crashes and stays linear."""
+"""RFC 7692 §7 negotiation: Bun's answers (docs/bun-behaviour.md §10, measured with raw
+handshakes against Bun), option validation, and a tokenizer that never crashes and stays
+linear."""
 
 from __future__ import annotations
 
