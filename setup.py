@@ -6,7 +6,7 @@ fallback; the tests carry their own oracles).
 Build switches are environment variables, because PEP 517 front ends do not pass
 argv flags through to setup.py:
 
-* ``BUNWS_DEBUG=1``    bounds/wraparound checks on, ``-O0 -g``, defines BUNWS_DEBUG=1
+* ``BUNWS_DEBUG=1``    bounds/wraparound checks on, ``-O0 -g``
 * ``BUNWS_TRACE=1``    line tracing for ``Cython.Coverage`` (CYTHON_TRACE_NOGIL)
 * ``BUNWS_ANNOTATE=1`` write the ``cython -a`` HTML next to each .pyx
 * ``BUNWS_SANITIZE=address`` build with ``-fsanitize=address`` (fuzzing runs)
@@ -35,7 +35,7 @@ directives = {
     "cdivision": not DEBUG,
     "embedsignature": True,
 }
-macros = [("BUNWS_DEBUG", "1" if DEBUG else "0")]
+macros = []
 cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
 ldflags = []
 if TRACE:

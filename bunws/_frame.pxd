@@ -3,16 +3,8 @@
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-cdef extern from *:
-    """
-    #ifndef BUNWS_DEBUG
-    #define BUNWS_DEBUG 0
-    #endif
-    """
-    const int BUNWS_DEBUG
-
-
 cpdef enum Opcode:
+    PROTOCOL_ERROR = -1   # not on the wire: FrameParser.feed_events' last event on a peer error
     CONTINUATION = 0
     TEXT = 1
     BINARY = 2
@@ -91,8 +83,8 @@ cdef class FrameParser:
     cdef list _run(self, object data)
 
 
-cdef void unmask_into(uint8_t *dst, const uint8_t *src, Py_ssize_t n,
-                      const uint8_t *mask, Py_ssize_t phase) noexcept nogil
-cdef uint32_t utf8_feed(uint32_t state, const uint8_t *s, Py_ssize_t n) noexcept nogil
 cdef Py_ssize_t frame_header(uint8_t *out, int opcode, Py_ssize_t length,
                              bint fin, bint rsv1, const uint8_t *mask) noexcept nogil
+# The server's frames (unmasked, FIN), for bunws/_wscore.pyx's write path.
+cdef int append_server_frame(bytearray out, int opcode, bytes payload, bint rsv1) except -1
+cdef bytes server_frame(int opcode, bytes payload, bint rsv1)

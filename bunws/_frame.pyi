@@ -6,8 +6,10 @@ from typing import Protocol
 from typing_extensions import Buffer
 
 class Opcode(enum.IntEnum):
-    """Frame opcodes (RFC 6455 §5.2, §11.8)."""
+    """Frame opcodes (RFC 6455 §5.2, §11.8); ``PROTOCOL_ERROR`` never goes on the
+    wire (it marks a peer error in ``FrameParser.feed_events``)."""
 
+    PROTOCOL_ERROR = -1
     CONTINUATION = 0
     TEXT = 1
     BINARY = 2
@@ -102,7 +104,11 @@ class FrameParser:
         """
     def feed_flat(self, data: Buffer) -> list[int | Payload]:
         """Like ``feed`` but flat: ``[opcode0, payload0, opcode1, payload1, ...]``
-        with plain-int opcodes (the server's hot path)."""
+        with plain-int opcodes."""
+    def feed_events(self, data: Buffer) -> list[int | Payload | tuple[int, str]]:
+        """``feed_flat`` with one error channel (the server's read path): a peer's
+        protocol error never raises, it is the last event,
+        ``(Opcode.PROTOCOL_ERROR, (close_code, reason))``."""
 
 def encode_frame(
     opcode: int,
@@ -132,14 +138,6 @@ def encode_close(code: int | None = 1000, reason: str = "") -> bytes:
 
     Raises:
         InvalidType: code not an int/None, or reason not a str.
-    """
-
-def append_frame(out: bytearray, opcode: int, payload: Buffer | str, rsv1: bool = False) -> int:
-    """Append one unmasked final server frame to ``out``; return the bytes appended.
-
-    Raises:
-        InvalidType: ``out`` is not a bytearray, or a bad payload type.
-        InvalidArgument: invalid opcode or control payload over 125 bytes.
     """
 
 def apply_mask(data: Buffer, mask: Buffer) -> bytes:

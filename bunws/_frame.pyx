@@ -267,15 +267,6 @@ cdef inline bint is_valid_opcode(int op) noexcept nogil:
     return op <= 2 or 8 <= op <= 10
 
 
-cdef void unmask_into(uint8_t *dst, const uint8_t *src, Py_ssize_t n,
-                      const uint8_t *mask, Py_ssize_t phase) noexcept nogil:
-    bunws_unmask(dst, src, n, mask, phase)
-
-
-cdef uint32_t utf8_feed(uint32_t state, const uint8_t *s, Py_ssize_t n) noexcept nogil:
-    return bunws_utf8_feed(state, s, n)
-
-
 cdef Py_ssize_t frame_header(uint8_t *out, int opcode, Py_ssize_t length,
                              bint fin, bint rsv1, const uint8_t *mask) noexcept nogil:
     return bunws_frame_header(out, opcode, length, fin, rsv1, mask)
@@ -384,6 +375,27 @@ cdef class FrameParser:
         per event. Same error rule as ``feed``.
         """
         return self._run(data)
+
+    def feed_events(self, data):
+        """The server's read path: ``feed_flat`` with one error channel.
+
+        A peer's protocol error never raises here: it is the last event,
+        ``(PROTOCOL_ERROR, (close_code, reason))``, after the events completed before
+        it. ``InvalidType`` (not bytes-like data) still raises: that is the caller's bug.
+        """
+        cdef list out
+        if self.state == ST_FAILED:
+            return [PROTOCOL_ERROR, (self.close_code, self.reason)]
+        try:
+            out = self._run(data)
+        except InvalidType:
+            raise
+        except Exception:
+            return [PROTOCOL_ERROR, (self.close_code, self.reason)]
+        if self.state == ST_FAILED:
+            out.append(PROTOCOL_ERROR)
+            out.append((self.close_code, self.reason))
+        return out
 
     cdef list _run(self, object data):
         cdef list out = []
@@ -899,40 +911,31 @@ def encode_close(code=1000, reason=""):
     return encode_frame(CLOSE, p)
 
 
-def append_frame(out, opcode, payload, rsv1=False):
-    """Append one unmasked, final (FIN) server frame to the bytearray ``out``.
-
-    Used by cork buffers: no intermediate ``bytes`` is created.
-
-    Returns:
-        The number of bytes appended (header + payload).
-
-    Raises:
-        InvalidType: ``out`` not a bytearray, or a bad payload type.
-        InvalidArgument: invalid opcode or control payload over 125 bytes.
-    """
-    cdef int op = check_opcode(opcode)
-    cdef Py_buffer pv
+cdef int append_server_frame(bytearray out, int opcode, bytes payload, bint rsv1) except -1:
+    """Append one unmasked FIN frame carrying ``payload`` to ``out`` (cork buffers:
+    no intermediate ``bytes``). The caller has checked opcode and size."""
     cdef uint8_t hdr[14]
-    cdef Py_ssize_t h, old, total
-    cdef uint8_t *dst
-    if type(out) is not bytearray:
-        raise InvalidType(f"out must be a bytearray, got {type(out).__name__}")
-    payload = as_payload(payload)
-    PyObject_GetBuffer(payload, &pv, PyBUF_SIMPLE)
-    try:
-        if op >= 8 and pv.len > 125:
-            raise InvalidArgument(f"control frame payload must be <= 125 bytes, got {pv.len}")
-        h = bunws_frame_header(hdr, op, pv.len, True, bool(rsv1), NULL)
-        old = PyByteArray_GET_SIZE(out)
-        total = h + pv.len
-        PyByteArray_Resize(out, old + total)
-        dst = <uint8_t *>PyByteArray_AS_STRING(out) + old
-        memcpy(dst, hdr, h)
-        memcpy(dst + h, pv.buf, pv.len)
-    finally:
-        PyBuffer_Release(&pv)
-    return total
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t h = bunws_frame_header(hdr, opcode, n, True, rsv1, NULL)
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, old + h + n)
+    cdef char *dst = PyByteArray_AS_STRING(out) + old
+    memcpy(dst, hdr, h)
+    memcpy(dst + h, PyBytes_AS_STRING(payload), n)
+    return 0
+
+
+cdef bytes server_frame(int opcode, bytes payload, bint rsv1):
+    """One unmasked FIN frame as ``bytes``, built in place: a publish copies its
+    payload once, into the frame every receiver shares."""
+    cdef uint8_t hdr[14]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t h = bunws_frame_header(hdr, opcode, n, True, rsv1, NULL)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + n)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    memcpy(dst, hdr, h)
+    memcpy(dst + h, PyBytes_AS_STRING(payload), n)
+    return out
 
 
 def apply_mask(data, mask):

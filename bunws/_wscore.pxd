@@ -1,36 +1,43 @@
-# Layout of the compiled hot path of a ServerWebSocket (bunws/_wscore.pyx).
+# The write side of one WebSocket, compiled (bunws/_wscore.pyx).
 #
-# Only the per-message work lives here: send statuses, the cork / publish queue,
-# dispatch of parsed events to the message handler, and frame-once fan-out. Policy
-# (closing, subscriptions, lifecycle) stays in Python (websocket.py, protocol.py).
+# Pipeline of one connection after the upgrade:
+#   transport bytes -> _frame.FrameParser.feed_events -> dispatch() -> handlers
+#   handlers -> WebSocketCore.send*/ping/pong -> out (+ shared chunks) -> flush -> transport
+#   Server.publish -> pubsub.PubSub -> fan_out() (queue by reference) -> flush_queued()
+#
+# WebSocketCore is the only owner of its buffers: every frame of a socket (data,
+# control, Close, published) goes through its methods, so per-socket order equals
+# call order. Nothing here is public to Cython or Python except what is readonly.
 
 cdef class WebSocketCore:
-    # wiring (set by the Python layer)
-    cdef public object data
-    cdef public object _conn
-    cdef public object _server
-    cdef public object _transport
-    cdef public object _deflater          # None, or a Deflater (shared or dedicated)
-    # config
-    cdef public Py_ssize_t _limit         # backpressure_limit, 0 = none
-    cdef public bint _close_on_limit
-    cdef public bint _shared_deflate      # _deflater is the process-wide stateless one
+    cdef public object data               # the application's per-socket value
+    # wiring (set once by attach)
+    cdef public object transport         # what the socket writes to (tests may wrap it)
+    cdef object loop
+    cdef object on_over_limit             # called (soon) when close_on_backpressure_limit trips
+    cdef readonly object deflater         # None, or a Deflater (shared or dedicated)
+    cdef Py_ssize_t limit                 # backpressure_limit, 0 = none
+    cdef bint close_on_limit
+    cdef bint shared_deflate              # deflater is a process-wide stateless one
+    # outgoing queue
+    cdef bytearray out                    # cork buffer + own frames, in call order
+    cdef list chunks                      # None, or frames shared with other sockets, queued before out
+    cdef Py_ssize_t chunked               # bytes in chunks
+    cdef int corked                       # cork depth
+    cdef bint queued                      # in the pub/sub end-of-tick flush list
+    cdef object pending_pong              # the one pong kept back while the transport is full
     # state
-    cdef public bytearray _out            # cork buffer + queued publishes, in call order
-    cdef public list _chunks              # None, or shared frames queued before _out
-    cdef public Py_ssize_t _chunked       # bytes in _chunks
-    cdef public int _corked               # cork depth
-    cdef public int _ready_state          # 1 open, 3 closed
-    cdef public bint _queued              # in the server's end-of-tick flush list
-    cdef public bint _doomed              # close_on_backpressure_limit tripped
-    cdef public bint _paused              # pause(): inbound events are held back
-    cdef public bint _write_paused        # the transport holds unsent bytes
-    cdef public int _binary_kind          # 0 bytes, 1 bytearray, 2 memoryview
+    cdef readonly int ready_state         # 1 open, 3 closed (as Bun reports it)
+    cdef readonly bint is_paused          # pause(): inbound events are held back
+    cdef readonly bint write_paused       # bytes are waiting in the transport
+    cdef bint doomed                      # close_on_backpressure_limit tripped
+    cdef int binary_kind                  # 0 bytes, 1 bytearray, 2 memoryview
     cdef object __weakref__
 
-    cdef Py_ssize_t _send(self, int opcode, object payload, bint compress) except -2
-    cdef object _send_control(self, int opcode, object data, str what)
-    cdef Py_ssize_t _buffered(self) except -1
-    cpdef _flush(self)
-    cdef int _check_fill(self) except -1
-    cpdef _over_limit(self)
+    cdef Py_ssize_t queue_frame(self, int opcode, object payload, bint compress) except -2
+    cdef object send_control(self, int opcode, object data, str what)
+    cdef Py_ssize_t buffered(self) except -1
+    cdef int check_fill(self) except -1
+    cdef int over_limit(self) except -1
+    cpdef flush(self)
+    cpdef object binary(self, object payload)

@@ -1,14 +1,42 @@
-"""Type stubs for bunws._wscore: the compiled per-message path of a ServerWebSocket."""
+"""Type stubs for bunws._wscore: the compiled write side and dispatch of a WebSocket."""
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+BINARY_TYPES: dict[str, int]
+
+class _DispatchSession(Protocol):
+    """What :func:`dispatch` calls (implemented by :class:`bunws.session.WebSocketSession`)."""
+
+    message: Callable[..., Any] | None
+    async_message: bool
+    def hold(self, events: list[Any]) -> None: ...
+    def on_ping(self, payload: bytes) -> None: ...
+    def on_pong(self, payload: bytes) -> None: ...
+    def on_close(self, code: int, reason: str) -> None: ...
+    def on_protocol_error(self, code: int, reason: str) -> None: ...
+    def handler_error(self, exc: Exception) -> None: ...
+    def spawn(self, coro: Any) -> None: ...
 
 class WebSocketCore:
     """Write-side state and send methods of :class:`bunws.ServerWebSocket`."""
 
     data: Any
+    @property
+    def ready_state(self) -> int:
+        """1 while open, 3 once closed (Bun never reports 0 or 2)."""
+    @property
+    def is_paused(self) -> bool: ...
+    @property
+    def write_paused(self) -> bool:
+        """Bytes are waiting in the transport (sends now return -1)."""
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes of complete frames waiting in user space or the transport."""
+    def get_buffered_amount(self) -> int: ...
+    binary_type: str
     def send(self, data: str | bytes | bytearray | memoryview, compress: bool = False) -> int:
         """Send ``str`` as text, bytes-like as binary. Returns the payload byte count,
         -1 when queued behind buffered bytes, 0 when dropped or empty."""
@@ -20,11 +48,35 @@ class WebSocketCore:
         """Send an unsolicited Pong; payload at most 125 bytes."""
     def cork(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(ws)``; everything it sends leaves in one write afterwards."""
+    # engine interface (bunws.session)
+    def attach(
+        self,
+        transport: Any,
+        loop: Any,
+        limit: int,
+        close_on_limit: bool,
+        on_over_limit: Callable[[], Any],
+        deflater: Any = None,
+        shared_deflate: bool = False,
+    ) -> None: ...
+    def run_corked(self, fn: Callable[..., T], *args: Any) -> T: ...
+    def flush(self) -> None: ...
+    def binary(self, payload: bytes) -> bytes | bytearray | memoryview: ...
+    def queue_pong(self, payload: bytes) -> None: ...
+    def send_keepalive(self) -> None: ...
+    def queue_close(self, code: int | None, reason: str) -> None: ...
+    def transport_paused(self) -> None: ...
+    def transport_resumed(self) -> bool: ...
+    def hold_inbound(self, held: bool) -> None: ...
+    def mark_closed(self) -> bool: ...
+
+def as_bytes(data: Any, what: str) -> bytes:
+    """``bytes`` of a bytes-like argument; InvalidType for anything else."""
 
 def encode_text(text: str, what: str = "send") -> bytes:
     """UTF-8 of ``text``; InvalidArgument (a ValueError) when it holds a lone surrogate."""
 
-def dispatch(conn: Any, ws: WebSocketCore, events: list[Any], start: int, handler: Any) -> None: ...
+def dispatch(ws: WebSocketCore, events: list[Any], session: _DispatchSession) -> None: ...
 def fan_out(
     receivers: dict[Any, None],
     opcode: int,

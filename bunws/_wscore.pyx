@@ -1,83 +1,68 @@
-"""The compiled per-message path of a ServerWebSocket.
+"""The compiled per-message path of a WebSocket: the write side and dispatch.
 
-Why this is compiled: ``bench/bench_dispatch.py`` (128 pipelined 16 B frames per
-read, a plain Python ``message`` handler calling ``ws.send``) measured 588 ns per
-message with the dispatch loop, ``send`` and fan-out written in Python; the same
-path here runs in about a quarter of that (bench/RESULTS.md, "Dispatch": 532 vs
-145 ns, both trees measured back to back). Everything
-else about a socket (closing, subscriptions, pause/resume, timers) stays readable
-Python in websocket.py and protocol.py.
+Compiled because a benchmark showed it must be (bench/RESULTS.md, "Dispatch"): the
+dispatch loop, ``send`` and fan-out are the per-message work. Closing,
+subscriptions, pause/resume and timers stay readable Python (session.py,
+websocket.py, pubsub.py).
 
-What lives here:
-* ``WebSocketCore``: the write side's state and ``send``/``send_text``/
-  ``send_binary``/``ping``/``pong``/``cork`` with Bun's statuses (docs/bun-behaviour.md §2);
-* ``dispatch()``: delivers parsed events to the handlers inside one cork;
+* ``WebSocketCore``: the one owner of a socket's outgoing bytes: data frames with
+  Bun's send statuses, control frames (the one-pending-pong rule), the Close frame,
+  the cork, and the fill state of the transport;
+* ``dispatch()``: delivers parsed events to a session inside one cork;
 * ``fan_out()`` / ``flush_queued()``: frame-once publish and the end-of-tick write.
 
-The transport's fill level is tracked through the protocol's ``pause_writing`` /
-``resume_writing`` (high-water mark 0), confirmed after every write by asking the
-transport (``_check_fill``), so a send asks for the buffer size again only while
-bytes are actually waiting there.
+The transport's fill level comes from ``pause_writing``/``resume_writing``
+(high-water mark 0) and is confirmed after every write by asking the transport
+(``check_fill``), so a send asks for the buffer size again only while bytes are
+actually waiting there.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8String
-from libc.stdint cimport uint8_t
-from libc.string cimport memcpy
 
-from bunws._frame cimport frame_header
+from bunws._frame cimport (
+    append_server_frame, server_frame,
+    TEXT, BINARY, CLOSE, PING, PONG, PROTOCOL_ERROR,
+)
 
+from bunws._frame import encode_close
 from bunws.errors import InvalidArgument, InvalidType
 
-# Bun's per-loop cork buffer is 16 KiB (uWS LoopData.h): past that the queue is
-# written out even inside a handler, so backpressure becomes visible to the caller.
+# Bun's per-loop cork buffer is 16 KiB: past that the queue is written out even
+# inside a handler, so backpressure becomes visible to the caller.
 cdef Py_ssize_t CORK_FLUSH_THRESHOLD = 16 * 1024
 
-# A published frame is queued by reference, not copied into each receiver's buffer.
-# bench/run.py fan-out, 1 000 subscribers x 1 KiB: the copies filled a fresh 32 MB
-# of buffers per batch (perf: memmove 20 %, page faults and brk 15 %) and ran at
-# 0.6 M deliveries/s; by reference the frames are joined per receiver at write time
-# in one cache-warm buffer (uvloop writes the list vectored, with no join at
-# all): 3.35 M. Measured the same way, 64 B frames gain too (1.8x at
-# W128), so there is no size threshold.
-
-cdef enum:
-    OP_TEXT = 1
-    OP_BINARY = 2
-    OP_CLOSE = 8
-    OP_PING = 9
-    OP_PONG = 10
-    OP_ERROR = -1   # pseudo-opcode: a protocol error met while paused
-
-
-cdef inline int append_frame(bytearray out, int opcode, object payload, bint rsv1) except -1:
-    """Append an unmasked FIN frame carrying ``payload`` (bytes) to ``out``."""
-    cdef uint8_t hdr[14]
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t h = frame_header(hdr, opcode, n, True, rsv1, NULL)
-    cdef Py_ssize_t old = PyByteArray_GET_SIZE(out)
-    PyByteArray_Resize(out, old + h + n)
-    cdef char *dst = PyByteArray_AS_STRING(out) + old
-    memcpy(dst, hdr, h)
-    memcpy(dst + h, PyBytes_AS_STRING(payload), n)
-    return 0
+# binary_type names (ours first, Bun's spellings as aliases) -> binary_kind.
+BINARY_TYPES = {
+    "bytes": 0, "nodebuffer": 0, "buffer": 0, "Buffer": 0,
+    "bytearray": 1, "arraybuffer": 1, "ArrayBuffer": 1,
+    "memoryview": 2, "uint8array": 2, "Uint8Array": 2,
+}
+cdef tuple BINARY_NAMES = ("bytes", "bytearray", "memoryview")
+cdef bytes EMPTY_PING = b"\x89\x00"
 
 
 cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
-    """Queue ``frame`` (bytes shared with other receivers) after what ``ws`` holds."""
-    if ws._chunks is None:
-        ws._chunks = []
-    if PyByteArray_GET_SIZE(ws._out):
-        ws._chunks.append(ws._out)
-        ws._chunked += PyByteArray_GET_SIZE(ws._out)
-        ws._out = bytearray()
-    ws._chunks.append(frame)
-    ws._chunked += PyBytes_GET_SIZE(frame)
+    """Queue ``frame`` (bytes shared with other receivers) after what ``ws`` holds.
+
+    Published frames are queued by reference, not copied into each receiver's
+    buffer: the copies were the cost of fan-out (bench/RESULTS.md, "fan-out by
+    reference"). Each receiver's frames are joined (uvloop: written vectored) at
+    flush time."""
+    if ws.chunks is None:
+        ws.chunks = []
+    if PyByteArray_GET_SIZE(ws.out):
+        ws.chunks.append(ws.out)
+        ws.chunked += PyByteArray_GET_SIZE(ws.out)
+        ws.out = bytearray()
+    ws.chunks.append(frame)
+    ws.chunked += PyBytes_GET_SIZE(frame)
     return 0
 
 
-cdef inline object as_bytes(object data, str what):
+cpdef object as_bytes(object data, str what):
+    """``bytes`` of a bytes-like argument; ``InvalidType`` for anything else."""
     if type(data) is bytes:
         return data
     if isinstance(data, (bytearray, memoryview)):
@@ -109,25 +94,27 @@ cdef inline bint check_compress(object compress) except -1:
     raise InvalidType("send expects compress to be a bool")
 
 
-cdef object frame_bytes(int opcode, object payload, bint rsv1):
-    """One unmasked FIN frame as ``bytes``, built in place: a publish copies its
-    payload once, into the frame every receiver shares."""
-    cdef uint8_t hdr[14]
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t h = frame_header(hdr, opcode, n, True, rsv1, NULL)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + n)
-    cdef char *dst = PyBytes_AS_STRING(out)
-    memcpy(dst, hdr, h)
-    memcpy(dst + h, PyBytes_AS_STRING(payload), n)
-    return out
-
-
 cdef class WebSocketCore:
-    """Write-side state and the send methods of :class:`bunws.ServerWebSocket`."""
+    """Write-side state and the send methods of :class:`bunws.ServerWebSocket`.
+
+    The methods without a Bun name (``attach`` ... ``mark_closed``) are the
+    engine's interface for :mod:`bunws.session`; applications do not call them.
+    """
 
     def __cinit__(self):
-        self._out = bytearray()
-        self._ready_state = 1
+        self.out = bytearray()
+        self.ready_state = 1
+
+    def attach(self, transport, loop, Py_ssize_t limit, bint close_on_limit,
+               on_over_limit, deflater=None, bint shared_deflate=False):
+        """Wire the socket to its transport and options (once, at upgrade)."""
+        self.transport = transport
+        self.loop = loop
+        self.limit = limit
+        self.close_on_limit = close_on_limit
+        self.on_over_limit = on_over_limit
+        self.deflater = deflater
+        self.shared_deflate = shared_deflate
 
     # ------------------------------------------------------------------ sending
     def send(self, data, compress=False):
@@ -138,118 +125,114 @@ cdef class WebSocketCore:
         """
         cdef bint z = check_compress(compress)
         if type(data) is str:
-            return self._send(OP_TEXT, utf8(data, "send"), z)
+            return self.queue_frame(TEXT, utf8(data, "send"), z)
         if type(data) is bytes:
-            return self._send(OP_BINARY, data, z)
+            return self.queue_frame(BINARY, data, z)
         if isinstance(data, (bytearray, memoryview)):
-            return self._send(OP_BINARY, bytes(data), z)
+            return self.queue_frame(BINARY, bytes(data), z)
         # Bun String()s anything else; in Python a wrong type is a bug worth raising.
         raise InvalidType(f"send expects str or bytes-like data, got {type(data).__name__}")
 
     def send_text(self, data, compress=False):
         if type(data) is not str:
             raise InvalidType(f"send_text expects a str, got {type(data).__name__}")
-        return self._send(OP_TEXT, utf8(data, "send_text"), check_compress(compress))
+        return self.queue_frame(TEXT, utf8(data, "send_text"), check_compress(compress))
 
     def send_binary(self, data, compress=False):
         cdef bint z = check_compress(compress)
-        return self._send(OP_BINARY, as_bytes(data, "send_binary"), z)
+        return self.queue_frame(BINARY, as_bytes(data, "send_binary"), z)
 
     def ping(self, data=b""):
         """Send a Ping (payload of at most 125 bytes)."""
-        return self._send_control(OP_PING, data, "ping")
+        return self.send_control(PING, data, "ping")
 
     def pong(self, data=b""):
         """Send an unsolicited Pong (payload of at most 125 bytes)."""
-        return self._send_control(OP_PONG, data, "pong")
+        return self.send_control(PONG, data, "pong")
 
-    cdef object _send_control(self, int opcode, object data, str what):
+    cdef object send_control(self, int opcode, object data, str what):
         payload = utf8(data, what) if type(data) is str else as_bytes(data, what)
         if PyBytes_GET_SIZE(payload) > 125:
             raise InvalidArgument(
                 f"The data size must not be greater than 125 bytes. "
                 f"Received {PyBytes_GET_SIZE(payload)} bytes."
             )
-        return self._send(opcode, payload, False)
+        return self.queue_frame(opcode, payload, False)
 
-    cdef Py_ssize_t _send(self, int opcode, object payload, bint compress) except -2:
-        if self._ready_state != 1 or self._doomed:
+    cdef Py_ssize_t queue_frame(self, int opcode, object payload, bint compress) except -2:
+        """Queue one frame with Bun's status rules (docs/bun-behaviour.md §2, §3)."""
+        if self.ready_state != 1 or self.doomed:
             return 0
-        cdef Py_ssize_t limit = self._limit
-        if limit and self._buffered() > limit:
-            self._over_limit()
+        cdef Py_ssize_t limit = self.limit
+        if limit and self.buffered() > limit:
+            self.over_limit()
             return 0
         cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
         cdef bint rsv1 = False
-        if compress and size and opcode <= OP_BINARY and self._deflater is not None:
-            payload = self._deflater.compress(payload)
+        if compress and size and opcode <= BINARY and self.deflater is not None:
+            payload = self.deflater.compress(payload)
             rsv1 = True
-        append_frame(self._out, opcode, payload, rsv1)
-        if self._corked:
-            if PyByteArray_GET_SIZE(self._out) + self._chunked > CORK_FLUSH_THRESHOLD:
-                self._flush()
+        append_server_frame(self.out, opcode, payload, rsv1)
+        if self.corked:
+            if PyByteArray_GET_SIZE(self.out) + self.chunked > CORK_FLUSH_THRESHOLD:
+                self.flush()
         else:
-            self._flush()
-        if self._write_paused:
+            self.flush()
+        if self.write_paused:
             return -1
         return size
 
-    cdef Py_ssize_t _buffered(self) except -1:
-        """Bytes waiting in user space that count against the limit."""
+    cdef Py_ssize_t buffered(self) except -1:
+        """Bytes waiting in user space or the transport that count against the limit."""
         cdef Py_ssize_t n = 0
-        if self._write_paused:
-            n = self._transport.get_write_buffer_size()
-        if not self._corked:
-            n += PyByteArray_GET_SIZE(self._out) + self._chunked
+        if self.write_paused:
+            n = self.transport.get_write_buffer_size()
+        if not self.corked:
+            n += PyByteArray_GET_SIZE(self.out) + self.chunked
         return n
 
-    cpdef _flush(self):
+    cpdef flush(self):
         """Hand the queued bytes to the transport in one write."""
-        cdef bytearray out = self._out
-        cdef list chunks = self._chunks
+        cdef bytearray out = self.out
+        cdef list chunks = self.chunks
         if chunks is not None:
-            self._chunks = None
-            self._chunked = 0
+            self.chunks = None
+            self.chunked = 0
             if PyByteArray_GET_SIZE(out):
-                self._out = bytearray()
+                self.out = bytearray()
                 chunks.append(out)
-            self._transport.writelines(chunks)
+            self.transport.writelines(chunks)
         elif PyByteArray_GET_SIZE(out):
             # A fresh buffer rather than clearing in place: a transport may keep a
             # reference to what it was given.
-            self._out = bytearray()
-            self._transport.write(out)
+            self.out = bytearray()
+            self.transport.write(out)
         else:
             return
-        if not self._write_paused:
-            self._check_fill()
+        if not self.write_paused:
+            self.check_fill()
 
-    cdef int _check_fill(self) except -1:
+    cdef int check_fill(self) except -1:
         """Ask the transport whether bytes are waiting, instead of trusting it to
         call ``pause_writing``: CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never do
         from ``writelines`` (fixed in 3.12.9 / 3.13.2)."""
-        transport = self._transport
+        transport = self.transport
         if not transport.get_write_buffer_size():
             return 0
-        self._write_paused = True
+        self.write_paused = True
         if not transport.is_closing():
             # This re-runs the transport's own pause check: it now calls
             # pause_writing, and so resume_writing (drain) once it is empty.
             transport.set_write_buffer_limits(high=0)
         return 0
 
-    def _discard(self):
-        """Drop everything queued (the socket is closed)."""
-        self._out = bytearray()
-        self._chunks = None
-        self._chunked = 0
-
-    cpdef _over_limit(self):
-        if self._close_on_limit and not self._doomed:
+    cdef int over_limit(self) except -1:
+        if self.close_on_limit and not self.doomed:
             # Bun: no Close frame, buffered data discarded, close handler (1006, "")
             # right after the current handler returns; every later send is dropped.
-            self._doomed = True
-            self._server._loop.call_soon(self._conn.abort, 1006, "")
+            self.doomed = True
+            self.loop.call_soon(self.on_over_limit)
+        return 0
 
     def cork(self, fn):
         """Run ``fn(ws)``; everything it sends leaves in one write afterwards.
@@ -258,70 +241,165 @@ cdef class WebSocketCore:
         """
         if not callable(fn):
             raise InvalidType("cork expects a callable")
-        self._corked += 1
+        return self.run_corked(fn, self)
+
+    def run_corked(self, fn, *args):
+        """The one cork helper: ``fn(*args)`` with every send it makes in one write."""
+        self.corked += 1
         try:
-            return fn(self)
+            return fn(*args)
         finally:
-            self._corked -= 1
-            if not self._corked and self._ready_state == 1:
-                self._flush()
+            self.corked -= 1
+            if not self.corked and self.ready_state == 1:
+                self.flush()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def buffered_amount(self):
+        """Bytes of complete frames waiting in user space (not the cork buffer)."""
+        if self.ready_state != 1:
+            return 0
+        cdef Py_ssize_t pending = 0 if self.corked else PyByteArray_GET_SIZE(self.out) + self.chunked
+        return self.transport.get_write_buffer_size() + pending
+
+    def get_buffered_amount(self):
+        return self.buffered_amount
+
+    @property
+    def binary_type(self):
+        """How binary messages, pings and pongs are handed over: ``"bytes"``
+        (default), ``"bytearray"`` or ``"memoryview"`` (Bun's names are aliases)."""
+        return BINARY_NAMES[self.binary_kind]
+
+    @binary_type.setter
+    def binary_type(self, value):
+        try:
+            self.binary_kind = BINARY_TYPES[value]
+        except (KeyError, TypeError):
+            raise InvalidArgument(
+                f"binary_type must be one of 'bytes', 'bytearray', 'memoryview', got {value!r}"
+            ) from None
+
+    cpdef object binary(self, object payload):
+        """A received binary payload as ``binary_type`` says."""
+        if self.binary_kind == 0:
+            return payload
+        return bytearray(payload) if self.binary_kind == 1 else memoryview(payload)
+
+    # ------------------------------------------------------------------ engine interface
+    def queue_pong(self, bytes payload):
+        """Answer a Ping. RFC 6455 §5.5.3 lets us answer only the latest one: while
+        the transport is full, at most one pong is kept back instead of one per ping."""
+        if self.ready_state != 1:
+            return
+        if self.write_paused:
+            self.pending_pong = payload
+        else:
+            append_server_frame(self.out, PONG, payload, False)
+            if not self.corked:
+                self.flush()
+
+    def send_keepalive(self):
+        """The idle timer's empty Ping (not subject to the backpressure limit)."""
+        if self.ready_state == 1:
+            self.out += EMPTY_PING
+            if not self.corked:
+                self.flush()
+
+    def queue_close(self, code, str reason):
+        """The Close frame, after everything queued (``code`` None: empty payload)."""
+        self.out += encode_close(code, reason)
+        self.flush()
+
+    def transport_paused(self):
+        self.write_paused = True
+
+    def transport_resumed(self):
+        """The transport's buffer is empty again: send the pong kept back; returns
+        whether ``drain`` is due."""
+        self.write_paused = False
+        if self.ready_state != 1:
+            return False
+        pong = self.pending_pong
+        if pong is not None:
+            self.pending_pong = None
+            append_server_frame(self.out, PONG, pong, False)
+            self.flush()
+        return True
+
+    def hold_inbound(self, bint held):
+        """Mirror of ``pause()``/``resume()`` that ``dispatch`` checks per event."""
+        self.is_paused = held
+
+    def mark_closed(self):
+        """Closed: drop everything queued; returns whether it was open."""
+        if self.ready_state != 1:
+            return False
+        self.ready_state = 3
+        self.out = bytearray()
+        self.chunks = None
+        self.chunked = 0
+        self.pending_pong = None
+        return True
 
 
-def dispatch(object conn, WebSocketCore ws, list events, Py_ssize_t start, object handler):
-    """Deliver ``events`` (flat ``[opcode, payload, ...]``) from ``start`` on.
+def dispatch(WebSocketCore ws, list events, object session):
+    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``.
 
     Runs inside one cork, so all sends made by the handlers for one read batch leave
-    in one write. Rare events (ping, pong, close, errors, async handlers) call back
-    into the Python ``Connection``.
+    in one write. Data messages go to ``session.message``; everything rarer goes to
+    the session's methods (``on_ping``, ``on_pong``, ``on_close``,
+    ``on_protocol_error``, ``handler_error``, ``spawn``, ``hold``).
     """
-    cdef object message = handler.message
-    cdef bint async_message = "message" in handler.async_handlers
+    cdef object message = session.message
+    cdef bint async_message = session.async_message
     cdef Py_ssize_t n = len(events)
-    cdef Py_ssize_t i = start
+    cdef Py_ssize_t i = 0
     cdef int opcode
     cdef object payload, result
-    ws._corked += 1
+    ws.corked += 1
     try:
         while i < n:
-            if ws._ready_state != 1:
+            if ws.ready_state != 1:
                 break
-            if ws._paused:
-                conn._hold(events[i:])
+            if ws.is_paused:
+                session.hold(events[i:])
                 break
             opcode = events[i]
             payload = events[i + 1]
             i += 2
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode == TEXT or opcode == BINARY:
                 if message is None:
                     continue
-                if opcode == OP_BINARY and ws._binary_kind:
-                    payload = bytearray(payload) if ws._binary_kind == 1 else memoryview(payload)
+                if opcode == BINARY and ws.binary_kind:
+                    payload = ws.binary(payload)
                 try:
                     result = message(ws, payload)
                 except Exception as exc:
-                    conn._handler_error(exc)
+                    session.handler_error(exc)
                     continue
                 if async_message and result is not None:
-                    conn._spawn(result)
-            elif opcode == OP_PING:
-                conn._on_ping(payload)
-            elif opcode == OP_PONG:
-                conn._on_pong(payload)
-            elif opcode == OP_CLOSE:
-                conn._peer_close(payload[0], payload[1])
+                    session.spawn(result)
+            elif opcode == PING:
+                session.on_ping(payload)
+            elif opcode == PONG:
+                session.on_pong(payload)
+            elif opcode == CLOSE:
+                session.on_close(payload[0], payload[1])
                 break
-            elif opcode == OP_ERROR:
-                conn._protocol_error(payload[0], payload[1])
+            elif opcode == PROTOCOL_ERROR:
+                session.on_protocol_error(payload[0], payload[1])
                 break
     finally:
-        ws._corked -= 1
-        if not ws._corked and ws._ready_state == 1:
-            ws._flush()
+        ws.corked -= 1
+        if not ws.corked and ws.ready_state == 1:
+            ws.flush()
 
 
 def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exclude,
             list flush_list):
-    """Queue one published message for every receiver; return Bun's status (§5).
+    """Queue one published message for every receiver; return Bun's status
+    (docs/bun-behaviour.md §5).
 
     The frame is built once; receivers sharing a stateless compressor share one
     compressed frame; a context-takeover compressor deflates for its own socket only.
@@ -329,7 +407,7 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
     bytes buffered, 0 if nobody received it or any receiver was over its limit.
     """
     cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
-    cdef object frame = frame_bytes(opcode, payload, False)
+    cdef object frame = server_frame(opcode, payload, False)
     cdef dict deflated = None   # stateless deflater -> its compressed frame
     cdef object zframe
     cdef Py_ssize_t count = 0, buffered
@@ -340,32 +418,32 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
             continue
         ws = <WebSocketCore>obj
         count += 1
-        if ws._doomed:
+        if ws.doomed:
             dropped = True
             continue
-        buffered = ws._buffered()
-        if ws._limit and buffered > ws._limit:
-            ws._over_limit()
+        buffered = ws.buffered()
+        if ws.limit and buffered > ws.limit:
+            ws.over_limit()
             dropped = True
             continue
-        if compress and size and ws._deflater is not None:
-            if ws._shared_deflate:
+        if compress and size and ws.deflater is not None:
+            if ws.shared_deflate:
                 # Sockets with the same stateless deflater share one compressed frame.
                 if deflated is None:
                     deflated = {}
-                zframe = deflated.get(ws._deflater)
+                zframe = deflated.get(ws.deflater)
                 if zframe is None:
-                    zframe = deflated[ws._deflater] = frame_bytes(
-                        opcode, ws._deflater.compress(payload), True)
+                    zframe = deflated[ws.deflater] = server_frame(
+                        opcode, ws.deflater.compress(payload), True)
                 queue_shared(ws, zframe)
             else:
-                append_frame(ws._out, opcode, ws._deflater.compress(payload), True)
+                append_server_frame(ws.out, opcode, ws.deflater.compress(payload), True)
         else:
             queue_shared(ws, frame)
-        if ws._write_paused:
+        if ws.write_paused:
             buffering = True
-        if not ws._corked and not ws._queued:
-            ws._queued = True
+        if not ws.corked and not ws.queued:
+            ws.queued = True
             flush_list.append(ws)
     if not count or dropped:
         return 0
@@ -379,6 +457,6 @@ def flush_queued(list pending):
     cdef WebSocketCore ws
     for obj in pending:
         ws = <WebSocketCore>obj
-        ws._queued = False
-        if ws._ready_state == 1 and not ws._corked:
-            ws._flush()
+        ws.queued = False
+        if ws.ready_state == 1 and not ws.corked:
+            ws.flush()

@@ -338,7 +338,7 @@ class RedisBackplane(Backplane):
         self._outbox_event = asyncio.Event()
         self._control_event = asyncio.Event()
         self._connected_event = asyncio.Event()
-        for topic in server._topics.topics():  # attached to a server that already has topics
+        for topic in server.pubsub.topics():  # attached to a server that already has topics
             self._wanted[self._channel(topic)] = None
         self._runner = asyncio.get_running_loop().create_task(self._run())
         if not await self.wait_connected(self.connect_timeout):
@@ -625,7 +625,7 @@ class RedisBackplane(Backplane):
         server = self._server
         assert server is not None
         try:
-            server._publish_local(topic, opcode, payload, compress, None)
+            server.deliver_local(topic, opcode, payload, compress)
         except Exception:
             self._delivery_log.warning(
                 "bunws backplane: local delivery of a message from Redis failed", exc_info=True

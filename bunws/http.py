@@ -136,6 +136,23 @@ class Request:
         self._query: dict[str, str] | None = None
 
     @property
+    def connection(self) -> Any:
+        """The :class:`bunws.protocol.Connection` the request arrived on."""
+        return self._connection
+
+    @property
+    def upgraded(self) -> bool:
+        """Whether ``server.upgrade(req)`` succeeded."""
+        return self._upgraded
+
+    def mark_upgraded(self) -> None:
+        self._upgraded = True
+
+    @property
+    def body_size(self) -> int:
+        return len(self._body)
+
+    @property
     def path(self) -> str:
         """The path part of the request target, without the query string."""
         target = self.target
@@ -201,7 +218,7 @@ class Response:
             raise InvalidType(f"status must be an int, got {type(status).__name__}")
         if not 100 <= status <= 999:
             raise InvalidArgument(f"status must be in 100..999, got {status}")
-        header_list = _header_pairs(headers)
+        header_list = header_pairs(headers)
         names = {k.lower() for k, _ in header_list}
         if body is None:
             payload = b""
@@ -228,7 +245,7 @@ class Response:
         status: int = 200,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> Response:
-        pairs = _header_pairs(headers)
+        pairs = header_pairs(headers)
         if not any(k.lower() == "content-type" for k, _ in pairs):
             pairs.append(("Content-Type", "application/json;charset=utf-8"))
         return cls(_json.dumps(data, separators=(",", ":")).encode(), status, pairs)
@@ -237,7 +254,7 @@ class Response:
         return f"<Response {self.status} {len(self.body)} bytes>"
 
 
-def _header_pairs(
+def header_pairs(
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
 ) -> list[tuple[str, str]]:
     """Validated ``(name, value)`` pairs for a response: names are RFC 9110 tokens,

@@ -1,39 +1,41 @@
 """``Connection``: one TCP connection, from its first HTTP byte to its last frame.
 
-It owns the read side and the lifecycle: the HTTP/1.1 phase (httptools, keep-alive,
-pipelining, limits, ``fetch``), the switch to WebSocket, dispatch of parsed frames to
-the handlers (auto-corked: one ``write`` per read batch), the close handshake, the
-idle timer, and the guarantee that the ``close`` handler runs exactly once.
+It owns the transport events and the HTTP/1.1 life (httptools, keep-alive,
+pipelining answered in order, limits, ``fetch``, TLS after the accept) and hands
+an upgraded connection to its :class:`~bunws.session.WebSocketSession`, which owns
+the WebSocket life (frames, handlers, the close handshake, WebSocket timers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from ._frame import FrameParser, encode_close, encode_frame
-from ._wscore import dispatch
-from .errors import ProtocolError
 from .http import Headers, Request, Response, build_response, check_host, simple_response
-from .websocket import OP_PING, OP_PONG, ServerWebSocket
 
 if TYPE_CHECKING:
     from .server import Server
+    from .session import WebSocketSession
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Phase"]
 
 logger = logging.getLogger("bunws")
 
-# Connection phases.
-HTTP = 0
-WEBSOCKET = 1
-CLOSING = 2  # our Close frame is out; waiting for the peer's Close or EOF
-CLOSED = 3
+
+class Phase(enum.IntEnum):
+    """The two lives of a connection, and its end."""
+
+    HTTP = 0  # requests and answers; ends with an upgrade or the connection
+    WEBSOCKET = 1  # the session owns the bytes (its own state: open/closing/closed)
+    CLOSED = 3  # connection_lost ran
+
+
+HTTP, WEBSOCKET, CLOSED = Phase.HTTP, Phase.WEBSOCKET, Phase.CLOSED
 
 # What the server keeps for a client in the HTTP phase while it cannot answer yet
 # (a running async fetch, a client that does not read): the client decides how much
@@ -43,8 +45,6 @@ PARSE_SLICE = 8 * 1024  # input parsed between two looks at that queue
 HOLD_LIMIT = 256 * 1024  # bytes after an Upgrade head kept while fetch decides
 HTTP_WRITE_LIMIT = 64 * 1024  # unsent response bytes before answering stops
 
-_TIMEOUT_REASON = "WebSocket timed out from inactivity"
-_EMPTY_PING = encode_frame(OP_PING, b"")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -67,12 +67,12 @@ class Connection(asyncio.BufferedProtocol):
     # Slots: thousands of idle connections are the normal case (see the RSS per
     # connection figure in bench/RESULTS.md).
     __slots__ = (
-        "server", "clock", "transport", "remote_address", "phase", "paused",
+        "server", "clock", "transport", "remote_address", "phase",
         "_http", "_url", "_headers", "_head_bytes", "_head_raw", "_in_head",
         "_messages", "_body", "_queue", "_queued_body", "_unparsed", "_busy",
         "_held", "_close_after", "_answer", "_write_blocked", "_reading_paused",
         "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "deadline",
-        "ws", "_parser", "_backlog", "last_inbound", "_ping_sent", "__weakref__",
+        "session", "__weakref__",
     )
 
     def __init__(self, server: Server) -> None:
@@ -81,11 +81,10 @@ class Connection(asyncio.BufferedProtocol):
         # timeout never fires early (the tick only decides how late it may be). One
         # bound method shared by all connections: each object a connection keeps
         # alive is scanned by every full GC pass (bench: conns scenario).
-        self.clock = server._clock
+        self.clock = server.clock
         self.transport: Any = None
         self.remote_address: str | None = None
         self.phase = HTTP
-        self.paused = False  # ws.pause(): reading stopped, events held in _backlog
         # HTTP phase
         self._http: httptools.HttpRequestParser | None = None  # None once refused or upgrading
         self._url = b""
@@ -112,11 +111,7 @@ class Connection(asyncio.BufferedProtocol):
         self._tls_early: bytearray | None = None  # TLS bytes read before start_tls took over
         self.deadline = 0.0  # handshake / close-handshake deadline (loop time)
         # WebSocket phase
-        self.ws: ServerWebSocket | None = None
-        self._parser: FrameParser | None = None
-        self._backlog: list[Any] | None = None  # events held while paused
-        self.last_inbound = 0.0
-        self._ping_sent = False
+        self.session: WebSocketSession | None = None
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
@@ -125,11 +120,8 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.remote_address = peer[0] if isinstance(peer, tuple) else str(peer)
-        server._connections.add(self)
         self.deadline = self.clock() + server.handshake_timeout
-        if server._stopping or (
-            server.max_connections is not None and len(server._connections) > server.max_connections
-        ) or server._http_connections >= server.max_pending_handshakes:
+        if not server.admit(self):
             if server.ssl is None:
                 transport.write(simple_response(503))
                 transport.close()
@@ -137,7 +129,6 @@ class Connection(asyncio.BufferedProtocol):
                 transport.abort()  # before TLS a plaintext 503 would only be noise
             self.phase = CLOSED
             return
-        server._http_connections += 1
         self._http = httptools.HttpRequestParser(self)
         if server.ssl is not None:
             self._start_tls(transport)
@@ -146,7 +137,7 @@ class Connection(asyncio.BufferedProtocol):
         """TLS runs after the accept, so the handshake counts as pending from the
         first byte (asyncio's own ``ssl=`` would hide it from the limits)."""
         server = self.server
-        loop = server._loop
+        loop = server.loop
         self._tls_pending = True
         # Requests may be decrypted before start_tls() returns the TLS transport:
         # they wait here, since answers must not go to the raw one.
@@ -155,9 +146,7 @@ class Connection(asyncio.BufferedProtocol):
         # starts reading after connection_made anyway, so what it reads before
         # start_tls runs is kept and replayed into the TLS protocol (_replay_tls).
         raw.pause_reading()
-        task = loop.create_task(self._tls_handshake(raw))
-        server._tasks.add(task)
-        task.add_done_callback(server._tasks.discard)
+        server.create_task(self._tls_handshake(raw))
         # Two hops: start_tls's first step queues the TLS protocol's connection_made;
         # the replay must come after it and before anything read later.
         loop.call_soon(loop.call_soon, self._replay_tls, raw)
@@ -181,7 +170,7 @@ class Connection(asyncio.BufferedProtocol):
     async def _tls_handshake(self, raw: Any) -> None:
         server = self.server
         try:
-            transport = await server._loop.start_tls(
+            transport = await server.loop.start_tls(
                 raw, self, server.ssl, server_side=True,
                 ssl_handshake_timeout=server.handshake_timeout,
             )
@@ -196,10 +185,10 @@ class Connection(asyncio.BufferedProtocol):
         self._advance()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.server._recv_view
+        return self.server.receive_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server._recv_view[:nbytes])
+        self.data_received(self.server.receive_buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self._tls_pending and self.transport.get_protocol() is self:
@@ -207,87 +196,70 @@ class Connection(asyncio.BufferedProtocol):
                 self._tls_early = bytearray()
             self._tls_early += data  # still TLS records: for _replay_tls
             return
-        phase = self.phase
-        if phase == WEBSOCKET:
-            self._ws_data(data)
-        elif phase == HTTP:
+        if self.phase is WEBSOCKET:
+            if self._held is not None:
+                self._keep_held(data)  # behind the frames that came with the handshake
+            else:
+                self.session.data_received(data)  # type: ignore[union-attr]
+        elif self.phase is HTTP:
             self._http_data(data)
-        elif phase == CLOSING:
-            self._closing_data(data)
 
     def eof_received(self) -> bool | None:
-        if self.phase == HTTP and not self._http_idle() and self.server.ssl is None:
+        if self.phase is HTTP and not self._http_idle() and self.server.ssl is None:
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
             return True
-        if self.phase == WEBSOCKET and self._held is not None:
+        if self.phase is WEBSOCKET and self._held is not None:
             self._peer_eof = True  # the frames already received are dispatched first
             return True
         # Returning a false value makes the transport close itself.
         return None
 
     def pause_writing(self) -> None:
-        if self.phase == HTTP:
+        if self.phase is HTTP:
             self._write_blocked = True
-            self._update_reading()
-        elif self.ws is not None:
+            self.update_reading()
+        elif self.session is not None:
             # High-water mark 0 (set at upgrade): the transport now holds unsent bytes.
-            self.ws._write_paused = True
+            self.session.transport_paused()
 
     def resume_writing(self) -> None:
-        if self.phase == HTTP:
+        if self.phase is HTTP:
             if self._write_blocked:
                 self._write_blocked = False
                 self._advance()
-            return
-        # With a high-water mark of 0 this runs exactly when the transport's buffer is
-        # empty again: send the one pong kept back meanwhile, then ``drain``.
-        ws = self.ws
-        if ws is None:
-            return
-        ws._write_paused = False
-        if self.phase != WEBSOCKET:
-            return
-        pong = ws._pending_pong
-        if pong is not None:
-            ws._pending_pong = None
-            ws._out += encode_frame(OP_PONG, pong)
-            ws._flush()
-        drain = self.server._websocket.drain
-        if drain is not None:
-            self._call_corked("drain", drain, ws)
+        elif self.session is not None:
+            self.session.transport_resumed()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        server = self.server
-        server._connections.discard(self)
-        if self.phase == HTTP:
-            server._http_connections -= 1
-        ws = self.ws
-        if ws is not None and ws._ready_state == 1:
-            self._finish(1006, "")
+        # Idempotent: a failed TLS handshake reports itself here too.
+        self.server.release(self, in_http=self.phase is HTTP)
+        session = self.session
+        if session is not None:
+            session.lost()
         self.phase = CLOSED
         self._http = None
-        self._parser = None
         self._queue = None
         self._unparsed = None
         self._held = None
-        # Break the Connection <-> ServerWebSocket cycle so a closed connection is
+        # Break the Connection <-> session <-> socket cycle so a closed connection is
         # freed by reference counting, not left for a full GC pass (the app may
         # still hold the socket: its methods then see a closed connection).
-        self.ws = None
-        server._connection_gone()
+        self.session = None
 
     def shutdown(self, close_active: bool) -> None:
         """``Server.stop()``: idle HTTP connections close now (busy ones answer
         first, then 503 to what is still queued); WebSockets get 1001."""
-        if self.phase == HTTP:
+        if self.phase is HTTP:
             if self._tls_pending or self._http_idle():
                 self._close_http()
-        elif self.phase == WEBSOCKET and self.ws is not None:
-            self.ws.close(1001, "Server shutting down")
-        if close_active and self.phase != HTTP and self.transport is not None:
-            # Do not wait for the peer's Close answer; the 1001 is flushed first.
-            self.transport.close()
+        elif self.phase is WEBSOCKET and self.session is not None:
+            self.session.shutdown(close_active)
+
+    def abort(self) -> None:
+        """End the TCP connection at once (``Server.stop`` once its wait is over)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     # ================================================================ HTTP phase
     def _http_data(self, data: bytes | memoryview) -> None:
@@ -296,7 +268,7 @@ class Connection(asyncio.BufferedProtocol):
             self._keep_held(data)
         elif self._unparsed is not None:
             self._unparsed += data  # a read that was under way when reading paused
-            self._update_reading()
+            self.update_reading()
         else:
             self._parse(data)
             self._advance()
@@ -440,7 +412,7 @@ class Connection(asyncio.BufferedProtocol):
             body,
             http_version=version,
             remote_address=self.remote_address,
-            scheme=self.server._scheme,
+            scheme=self.server.scheme,
             connection=self,
         )
         queue.append((req, parser.should_keep_alive()))
@@ -466,7 +438,7 @@ class Connection(asyncio.BufferedProtocol):
             self._parse(data)
         if self.phase == HTTP and self._peer_eof and self._http_idle():
             self._close_http()
-        self._update_reading()
+        self.update_reading()
 
     def _pump(self) -> None:
         """Run ``fetch`` for queued requests, one at a time, in order."""
@@ -478,22 +450,20 @@ class Connection(asyncio.BufferedProtocol):
                 return
             assert isinstance(item, Request)
             req = item
-            self._queued_body -= len(req._body)
+            self._queued_body -= req.body_size
             server = self.server
-            if server._stopping:
+            if server.stopping:
                 self._answer = simple_response(503)
                 self._write_answer(req, None, False)
                 return
             try:
-                result = server._fetch(req, server)
+                result = server.fetch(req, server)
             except Exception as exc:
                 self._fetch_failed(req, exc)
                 continue
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 self._busy = True
-                task = server._loop.create_task(self._await_fetch(req, result, keep_alive))
-                server._tasks.add(task)
-                task.add_done_callback(server._tasks.discard)
+                server.create_task(self._await_fetch(req, result, keep_alive))
                 return
             self._write_answer(req, result, keep_alive)
 
@@ -511,13 +481,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def _fetch_failed(self, req: Request, exc: Exception) -> None:
         logger.error("fetch() raised for %s %s", req.method, req.target, exc_info=exc)
-        if req._upgraded:
+        if req.upgraded:
             self._release_held()
         elif self.phase == HTTP:
             self._send_http(simple_response(500), close=True)
 
     def _write_answer(self, req: Request, result: Any, keep_alive: bool) -> None:
-        if req._upgraded:
+        if req.upgraded:
             self._release_held()
             return
         if self.phase != HTTP:
@@ -539,7 +509,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         # A request that paused llhttp for an upgrade and was not upgraded ends the
         # connection: the bytes after it were never parsed as HTTP.
-        close = not keep_alive or self._held is not None or self.server._stopping
+        close = not keep_alive or self._held is not None or self.server.stopping
         try:
             payload = build_response(result, keep_alive=not close, head_only=req.method == "HEAD")
         except Exception as exc:  # e.g. headers changed after the Response checked them
@@ -569,11 +539,13 @@ class Connection(asyncio.BufferedProtocol):
         self._continue_due = False
         self.transport.close()
 
-    def _update_reading(self) -> None:
-        """Pause reading exactly while some input must wait (one place decides)."""
+    def update_reading(self) -> None:
+        """Pause reading exactly while some input must wait (one place decides):
+        HTTP input the server cannot take yet, or a paused WebSocket session."""
         held = self._held
+        session = self.session
         wanted = (
-            self.paused
+            (session is not None and session.paused)
             or self._unparsed is not None
             or self._write_blocked
             or (held is not None and len(held) >= HOLD_LIMIT)
@@ -594,34 +566,39 @@ class Connection(asyncio.BufferedProtocol):
         assert held is not None
         held += data
         if len(held) >= HOLD_LIMIT:
-            self._update_reading()
+            self.update_reading()
 
     # ================================================================ upgrade
-    def upgrade(self, req: Request, response_head: bytes, ws: ServerWebSocket, parser: FrameParser) -> None:
+    def can_upgrade(self) -> bool:
+        """Still in the HTTP phase with a usable transport."""
+        transport = self.transport
+        return self.phase is HTTP and transport is not None and not transport.is_closing()
+
+    def replace_answer(self, answer: bytes) -> None:
+        """The server answers the current request itself (426/403/503 from
+        ``upgrade()``), whatever ``fetch`` returns."""
+        self._answer = answer
+
+    def upgrade(self, req: Request, response_head: bytes, session: WebSocketSession) -> None:
         """Switch to the WebSocket phase (called by ``Server.upgrade``)."""
         server = self.server
-        req._upgraded = True
+        req.mark_upgraded()
         self.transport.write(response_head)
-        server._http_connections -= 1
+        server.http_phase_ended()
         self.phase = WEBSOCKET
         self._http = None
         self._queue = None
         self._unparsed = None
         self._headers = None
-        self.ws = ws
-        self._parser = parser
-        self.last_inbound = self.clock()
+        self.session = session
         # High-water mark 0: asyncio calls resume_writing exactly when the buffer is
         # empty again, which is when Bun fires ``drain``.
         self.transport.set_write_buffer_limits(high=0)
-        server._pending_websockets += 1
-        opener = server._websocket.open
-        if opener is not None:
-            self._call_corked("open", opener, ws)
+        session.opened()
         if self._held is not None:
             # An async fetch may go on awaiting after upgrade(): the frames that came
             # with the handshake still go first, right after this loop iteration.
-            server._loop.call_soon(self._release_held)
+            server.loop.call_soon(self._release_held)
 
     def _release_held(self) -> None:
         """Dispatch the frames that arrived with the handshake, before any read after."""
@@ -629,220 +606,23 @@ class Connection(asyncio.BufferedProtocol):
         if held is None:
             return
         self._held = None
-        self._update_reading()
-        if self.phase != WEBSOCKET:
+        self.update_reading()
+        session = self.session
+        if self.phase is not WEBSOCKET or session is None:
             return
         if held:
-            self._ws_data(held)
-        if self._peer_eof and self.phase == WEBSOCKET:
+            session.data_received(held)
+        if self._peer_eof and self.phase is WEBSOCKET:
             self.transport.close()  # the client had already shut down its side
 
-    # ================================================================ WebSocket phase
-    def _ws_data(self, data: bytes | bytearray | memoryview) -> None:
-        self.last_inbound = self.clock()
-        self._ping_sent = False
-        if self._held is not None:
-            self._keep_held(data)  # behind the frames that came with the handshake
-            return
-        parser = self._parser
-        try:
-            events = parser.feed_flat(data)  # type: ignore[union-attr]
-        except ProtocolError as exc:
-            events = [_ERROR, (exc.close_code, exc.reason)]
-        else:
-            if parser.failed:  # type: ignore[union-attr]
-                # Events completed before the error are delivered first (_frame's rule).
-                events += [_ERROR, (parser.close_code, parser.reason)]  # type: ignore[union-attr]
-        if self._backlog is not None:
-            # Paused: keep parsing (bounded by the limits) but hold the events.
-            self._backlog += events
-        elif events:
-            self._dispatch(events, 0)
-
-    def _dispatch(self, events: list[Any], start: int) -> None:
-        """Deliver parsed events to the handlers inside one cork (compiled loop)."""
-        dispatch(self, self.ws, events, start, self.server._websocket)
-
-    def _hold(self, events: list[Any]) -> None:
-        """Paused mid-batch: keep the rest for resume()."""
-        self._backlog = events
-
-    def _on_ping(self, payload: bytes) -> None:
-        ws = self.ws
-        assert ws is not None
-        # RFC 6455 §5.5.3 lets us answer only the latest ping: while the peer is not
-        # reading, keep at most one pong back instead of queueing one per ping.
-        if ws._write_paused:
-            ws._pending_pong = payload
-        else:
-            ws._out += encode_frame(OP_PONG, payload)
-        handler = self.server._websocket.ping
-        if handler is not None:
-            self._call("ping", handler, ws, self._binary(payload))
-
-    def _on_pong(self, payload: bytes) -> None:
-        handler = self.server._websocket.pong
-        if handler is not None:
-            self._call("pong", handler, self.ws, self._binary(payload))
-
-    def _binary(self, payload: bytes) -> Any:
-        kind = self.ws._binary_kind  # type: ignore[union-attr]
-        if kind == 0:
-            return payload
-        return bytearray(payload) if kind == 1 else memoryview(payload)
-
-    # ================================================================ closing
-    def _peer_close(self, code: int, reason: str) -> None:
-        """The peer sent Close: echo it (Bun echoes code and reason), then end TCP."""
-        ws = self.ws
-        assert ws is not None
-        if code == 1005:
-            frame = encode_close(None, "")
-        else:
-            frame = encode_close(code, reason)
-        ws._out += frame
-        ws._flush()
-        # close_timeout bounds the flush of the echo and what was queued before it.
-        self.deadline = self.clock() + self.server.close_timeout
-        self.transport.close()
-        self._finish(code, reason)
-
-    def _protocol_error(self, code: int, reason: str) -> None:
-        """The peer broke the protocol: answer with the precise Close code."""
-        if self.phase != WEBSOCKET:
-            return
-        ws = self.ws
-        assert ws is not None
-        ws._out += encode_close(code, reason)
-        ws._flush()
-        # Half-close and discard what the peer still sends (until its FIN or the close
-        # timeout): closing with unread input makes the kernel answer with a reset,
-        # and the peer would lose our Close frame before reading it.
-        self._parser = None
-        self.phase = CLOSING
-        self.deadline = self.clock() + self.server.close_timeout
-        self._half_close()
-        self._finish(code, reason)
-
-    def _half_close(self) -> None:
-        transport = self.transport
-        if transport.can_write_eof():
-            try:
-                transport.write_eof()
-            except OSError:  # the peer is already gone
-                transport.abort()
-        else:
-            transport.close()
-
-    def close_with_frame(self, frame: bytes, code: int, reason: str) -> None:
-        """``ws.close()``: Close frame after everything queued, FIN once flushed."""
-        ws = self.ws
-        assert ws is not None
-        ws._out += frame
-        ws._flush()
-        self.phase = CLOSING
-        self.deadline = self.clock() + self.server.close_timeout
-        self._half_close()
-        self._finish(code, reason)
-
-    def _closing_data(self, data: bytes | memoryview) -> None:
-        """After our Close: ignore data frames, end TCP on the peer's Close."""
-        parser = self._parser
-        if parser is None:
-            return
-        try:
-            events = parser.feed_flat(data)
-        except ProtocolError:
-            self.transport.abort()
-            return
-        for i in range(0, len(events), 2):
-            if events[i] == 8:
-                self.transport.close()
-                return
-        if parser.failed:
-            self.transport.abort()
-
-    def abort(self, code: int, reason: str) -> None:
-        """End TCP at once, no Close frame (terminate, timeouts, backpressure)."""
-        if self.ws is None or self.ws._ready_state != 1:
-            return
-        self.transport.abort()
-        self._finish(code, reason)
-
-    def _finish(self, code: int, reason: str) -> None:
-        """Mark the socket closed and run the ``close`` handler exactly once."""
-        ws = self.ws
-        if ws is None or ws._ready_state != 1:
-            return
-        ws._ready_state = 3
-        if self.phase == WEBSOCKET:
-            self.phase = CLOSING
-        server = self.server
-        server._pending_websockets -= 1
-        # Subscriptions go before the close handler runs (docs/bun-behaviour.md §5).
-        ws._unsubscribe_all()
-        ws._discard()
-        ws._pending_pong = None
-        self._backlog = None
-        closer = server._websocket.close
-        if closer is not None:
-            self._call("close", closer, ws, code, reason)
-
-    # ================================================================ pause / timers
-    def pause(self) -> None:
-        if self.paused or self.phase != WEBSOCKET:
-            return
-        self.paused = True
-        self.ws._paused = True  # type: ignore[union-attr]
-        self._backlog = []
-        self._update_reading()
-
-    def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        self.ws._paused = False  # type: ignore[union-attr]
-        self.last_inbound = self.clock()
-        if self.phase != WEBSOCKET:
-            return
-        self._update_reading()
-        backlog, self._backlog = self._backlog, None
-        if backlog:
-            # Not inside the caller's stack: resume() may be called from a handler.
-            self.server._loop.call_soon(self._dispatch_backlog, backlog)
-
-    def _dispatch_backlog(self, backlog: list[Any]) -> None:
-        if self.phase == WEBSOCKET:
-            if self.paused:
-                self._backlog = backlog + (self._backlog or [])
-            else:
-                self._dispatch(backlog, 0)
-
+    # ================================================================ timers
     def check_timers(self, now: float) -> None:
-        """Called by the server tick: handshake, idle/ping and close deadlines."""
-        phase = self.phase
-        if phase == WEBSOCKET:
-            ws = self.ws
-            if ws is not None and ws._write_paused and not self.transport.get_write_buffer_size():
-                self.resume_writing()  # a transport that never resumed us: drain anyway
-            handler = self.server._websocket
-            idle = handler.idle_timeout
-            if not idle or self.paused:
-                return
-            silence = now - self.last_inbound
-            if silence >= idle:
-                self.abort(1006, _TIMEOUT_REASON)
-            elif handler.send_pings and not self._ping_sent and silence >= idle - self.server._ping_margin:
-                self._ping_sent = True
-                ws = self.ws
-                if ws is not None:
-                    ws._out += _EMPTY_PING
-                    ws._flush()
-        elif phase == HTTP:
+        """Called by the server tick: the HTTP deadlines here, the session's there."""
+        if self.phase is WEBSOCKET:
+            if self.session is not None:
+                self.session.check_timers(now)
+        elif self.phase is HTTP:
             self._check_http_timers(now)
-        elif phase == CLOSING:
-            if now >= self.deadline:
-                self.transport.abort()
 
     def _check_http_timers(self, now: float) -> None:
         """``handshake_timeout`` bounds each wait for the client: for its next request,
@@ -863,65 +643,6 @@ class Connection(asyncio.BufferedProtocol):
             transport.abort()
         else:
             self._close_http()
-
-    # ================================================================ handlers
-    def _call(self, name: str, fn: Any, *args: Any) -> None:
-        try:
-            result = fn(*args)
-        except Exception as exc:
-            self._handler_error(exc)
-            return
-        if result is not None and name in self.server._websocket.async_handlers:
-            self._spawn(result)
-
-    def _call_corked(self, name: str, fn: Any, ws: ServerWebSocket) -> None:
-        """``open`` and ``drain`` run corked: their sends leave in one write."""
-        ws._corked += 1
-        try:
-            self._call(name, fn, ws)
-        finally:
-            ws._corked -= 1
-            if not ws._corked and ws._ready_state == 1:
-                ws._flush()
-
-    def _spawn(self, coro: Any) -> None:
-        """Run an async handler as a task; its exception reaches ``error(exc, ws)``
-        with this socket even when the connection is gone by then."""
-        server = self.server
-        task = server._loop.create_task(coro)
-        server._tasks.add(task)
-        task.add_done_callback(partial(self._task_done, self.ws))
-
-    def _task_done(self, ws: ServerWebSocket | None, task: asyncio.Task[Any]) -> None:
-        self.server._tasks.discard(task)
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None and isinstance(exc, Exception):
-                self._handler_error(exc, ws)
-
-    def _handler_error(self, exc: Exception, ws: ServerWebSocket | None = None) -> None:
-        """Route a handler exception to ``error(exc, ws)``, or log it and close 1011."""
-        if ws is None:
-            ws = self.ws
-        server = self.server
-        on_error = server._websocket.error
-        if on_error is not None:
-            try:
-                result = on_error(exc, ws)
-                if result is not None and "error" in server._websocket.async_handlers:
-                    task = server._loop.create_task(result)
-                    server._tasks.add(task)
-                    task.add_done_callback(server._tasks.discard)
-                return
-            except Exception as second:
-                logger.error("error handler raised", exc_info=second)
-        else:
-            logger.error("unhandled exception in a websocket handler", exc_info=exc)
-        if ws is not None and ws._ready_state == 1:
-            ws.close(1011, "Internal error")
-
-
-_ERROR = -1  # pseudo-opcode: a protocol error, delivered after the events before it
 
 
 class _Rejected(Exception):

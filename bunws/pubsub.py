@@ -1,74 +1,83 @@
-"""Topic registry and frame-once fan-out.
+"""Topics: the registry, frame-once fan-out and the end-of-tick write.
 
 A publish encodes its frame once (and deflates once for every receiver that uses
-the shared, context-free compressor) and appends the same bytes to each receiver's
-outgoing queue. Receivers are written once per event-loop iteration, so a burst of
-publishes costs one ``write`` per receiver, as in uWebSockets.
+the shared, context-free compressor) and queues the same bytes on each receiver.
+Receivers are written once per event-loop iteration, so a burst of publishes
+costs one ``write`` per receiver, as in uWebSockets. The per-receiver loop
+(``fan_out``) and the end-of-tick write (``flush_queued``) are compiled in
+:mod:`bunws._wscore`: they are the only per-receiver work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ._frame import Opcode
 from ._wscore import encode_text, fan_out, flush_queued
 from .errors import InvalidType
 
 if TYPE_CHECKING:
     from .websocket import ServerWebSocket
 
-# The per-receiver loop (fan_out) and the end-of-tick write (flush_queued) are
-# compiled in _wscore: it is the only Python-level work per receiver.
-__all__ = ["TopicRegistry", "encode_message", "fan_out", "flush_queued"]
+__all__ = ["PubSub", "encode_message"]
 
 logger = logging.getLogger("bunws")
 
+_TEXT = int(Opcode.TEXT)  # plain ints: they travel into the compiled fan-out
+_BINARY = int(Opcode.BINARY)
 
-class TopicRegistry:
-    """``topic -> {socket: None}``; a topic disappears with its last subscriber.
 
-    ``listener`` (a backplane) hears ``subscribe(topic)`` when a topic gains its first
-    local subscriber and ``unsubscribe(topic)`` when it loses its last one.
+class PubSub:
+    """One server's topics: ``topic -> {socket: None}`` and how publishes reach them.
+
+    A topic disappears with its last subscriber. ``backplane`` (a
+    :class:`bunws.backplane.Backplane`-like object, or ``None``) hears
+    ``subscribe(topic)`` when a topic gains its first local subscriber,
+    ``unsubscribe(topic)`` when it loses its last one, and ``publish(...)`` for every
+    publish; it delivers what other processes published with :meth:`deliver_local`.
     """
 
-    __slots__ = ("_topics", "listener")
+    __slots__ = ("_topics", "_loop", "_pending", "_flush_scheduled", "backplane")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._topics: dict[str, dict[ServerWebSocket, None]] = {}
-        self.listener: Any = None
+        self._loop = loop
+        self._pending: list[ServerWebSocket] = []  # receivers to write at the end of the tick
+        self._flush_scheduled = False
+        self.backplane: Any = None
 
-    def add(self, topic: str, ws: ServerWebSocket) -> None:
+    # ---------------------------------------------------------------- registry
+    def subscribe(self, topic: str, ws: ServerWebSocket) -> None:
         subs = self._topics.get(topic)
         if subs is None:
             self._topics[topic] = {ws: None}
-            if self.listener is not None:
-                self._tell("subscribe", topic)
+            self._tell_backplane("subscribe", topic)
         else:
             subs[ws] = None
 
-    def remove(self, topic: str, ws: ServerWebSocket) -> None:
+    def unsubscribe(self, topic: str, ws: ServerWebSocket) -> None:
         subs = self._topics.get(topic)
         if subs is not None:
             subs.pop(ws, None)
             if not subs:
                 del self._topics[topic]
-                if self.listener is not None:
-                    self._tell("unsubscribe", topic)
+                self._tell_backplane("unsubscribe", topic)
 
-    def _tell(self, what: str, topic: str) -> None:
-        # A listener's failure must not leave the registry half-updated or skip the
+    def _tell_backplane(self, what: str, topic: str) -> None:
+        # A backplane's failure must not leave the registry half-updated or skip the
         # close handler of the socket whose unsubscribe triggered it.
+        if self.backplane is None:
+            return
         try:
-            getattr(self.listener, what)(topic)
+            getattr(self.backplane, what)(topic)
         except Exception:
             logger.exception("backplane %s(%r) failed", what, topic)
 
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""
         return list(self._topics)
-
-    def get(self, topic: str) -> dict[ServerWebSocket, None] | None:
-        return self._topics.get(topic)
 
     def count(self, topic: str) -> int:
         subs = self._topics.get(topic)
@@ -80,13 +89,53 @@ class TopicRegistry:
     def __contains__(self, topic: object) -> bool:
         return topic in self._topics
 
+    @property
+    def pending_flushes(self) -> int:
+        """Receivers waiting for the end-of-tick write."""
+        return len(self._pending)
+
+    # ---------------------------------------------------------------- publishing
+    def publish(self, topic: str, data: Any, compress: bool, exclude: ServerWebSocket | None) -> int:
+        """Publish here and through the backplane; returns Bun's local status."""
+        opcode, payload = encode_message(data)
+        if self.backplane is not None:
+            self.backplane.publish(topic, opcode, payload, compress)
+        return self.deliver_local(topic, opcode, payload, compress, exclude)
+
+    def deliver_local(
+        self,
+        topic: str,
+        opcode: int,
+        payload: bytes,
+        compress: bool,
+        exclude: ServerWebSocket | None = None,
+    ) -> int:
+        """Queue an encoded message for this process's subscribers only (the entry
+        point of a backplane); returns Bun's publish status."""
+        receivers = self._topics.get(topic)
+        if not receivers:
+            return 0
+        pending = self._pending
+        status = fan_out(receivers, opcode, payload, compress, exclude, pending)
+        if pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return status
+
+    def _flush(self) -> None:
+        """End of tick: one write per receiver for everything published to it."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        flush_queued(pending)
+
 
 def encode_message(data: Any) -> tuple[int, bytes]:
     """``(opcode, payload)`` for a publish: ``str`` is text, bytes-like is binary."""
     if type(data) is str:
-        return 1, encode_text(data, "publish")
+        return _TEXT, encode_text(data, "publish")
     if isinstance(data, bytes):
-        return 2, data
+        return _BINARY, data
     if isinstance(data, (bytearray, memoryview)):
-        return 2, bytes(data)
+        return _BINARY, bytes(data)
     raise InvalidType(f"publish expects str or bytes-like data, got {type(data).__name__}")
+

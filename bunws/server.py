@@ -16,20 +16,21 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._frame import FrameParser
+from .arguments import check_compress, check_topic
 from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
 from .extensions import negotiate
 from .http import (
     Request,
-    _header_pairs,
     build_101,
     check_upgrade_request,
     first_subprotocol,
+    header_pairs,
     simple_response,
 )
 from .options import WebSocketHandler, ping_margin
-from .protocol import HTTP, Connection
-from .pubsub import TopicRegistry, encode_message, fan_out, flush_queued
-from .websocket import ServerWebSocket, _check_compress, _check_topic
+from .protocol import Connection
+from .pubsub import PubSub
+from .session import WebSocketSession
 
 __all__ = ["Server", "serve", "run"]
 
@@ -93,7 +94,7 @@ class Server:
             raise InvalidArgument(f"max_connections must be None or a positive int, got {max_connections!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, got {port!r}")
-        self._fetch = fetch
+        self.fetch = fetch
         self._websocket = websocket or WebSocketHandler()
         self._has_websocket = websocket is not None
         self.hostname = hostname
@@ -111,21 +112,19 @@ class Server:
         self.max_pending_handshakes = max_pending_handshakes
         self.allowed_origins = _origins(allowed_origins)
         self._ping_margin = ping_margin(self._websocket.idle_timeout)
-        self._topics = TopicRegistry()
         self._connections: set[Connection] = set()
         self._http_connections = 0
         self._pending_websockets = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._flush_list: list[ServerWebSocket] = []
-        self._flush_scheduled = False
         self._stopping = False
         self._stopped = asyncio.Event()
         self._all_gone: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
-        self._clock = self._loop.time  # shared by every Connection
+        self.clock = self._loop.time  # one bound method shared by every connection
+        self.pubsub = PubSub(self._loop)
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
-        self._recv_view = memoryview(bytearray(256 * 1024))
+        self._receive_buffer = memoryview(bytearray(256 * 1024))
         self._tick_handle: asyncio.TimerHandle | None = None
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
@@ -172,6 +171,77 @@ class Server:
             host = f"[{host}]"
         return f"{self._scheme}://{host}:{self.port}/"
 
+    # ------------------------------------------------------------------ engine interface
+    # What connections and sessions use; applications have no need for these.
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def receive_buffer(self) -> memoryview:
+        """The one buffer every connection reads into (each copies what it keeps)."""
+        return self._receive_buffer
+
+    @property
+    def websocket_handler(self) -> WebSocketHandler:
+        return self._websocket
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def ping_margin(self) -> int:
+        """Seconds between the keep-alive ping and the idle timeout."""
+        return self._ping_margin
+
+    def create_task(self, coro: Any) -> asyncio.Task[Any]:
+        """A task the server keeps a reference to until it is done."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def admit(self, conn: Connection) -> bool:
+        """A new connection: counted, and whether the limits let it in."""
+        self._connections.add(conn)
+        if self._stopping or (
+            self.max_connections is not None and len(self._connections) > self.max_connections
+        ) or self._http_connections >= self.max_pending_handshakes:
+            return False
+        self._http_connections += 1
+        return True
+
+    def http_phase_ended(self) -> None:
+        """An admitted connection was upgraded."""
+        self._http_connections -= 1
+
+    def websocket_opened(self) -> None:
+        self._pending_websockets += 1
+
+    def websocket_closed(self) -> None:
+        self._pending_websockets -= 1
+
+    def release(self, conn: Connection, in_http: bool) -> None:
+        """A connection is gone (idempotent)."""
+        if conn not in self._connections:
+            return
+        self._connections.discard(conn)
+        if in_http:
+            self._http_connections -= 1
+        if self._all_gone is not None and not self._connections:
+            self._all_gone.set()
+
+    def deliver_local(
+        self, topic: str, opcode: int, payload: bytes, compress: bool, exclude: Any = None
+    ) -> int:
+        """A message published in another process (the backplane's entry point)."""
+        return self.pubsub.deliver_local(topic, opcode, payload, compress, exclude)
+
     @property
     def pending_websockets(self) -> int:
         """Number of open WebSocket connections."""
@@ -204,7 +274,7 @@ class Server:
             except asyncio.TimeoutError:
                 pass
             for conn in list(self._connections):
-                conn.transport.abort()
+                conn.abort()
             # Let connection_lost callbacks run.
             for _ in range(3):
                 if not self._connections:
@@ -224,15 +294,11 @@ class Server:
         The backplane gets ``publish(topic, opcode, payload, compress)`` for every
         publish, ``subscribe(topic)`` / ``unsubscribe(topic)`` when a topic gains its
         first / loses its last local subscriber, and delivers remote messages with
-        :meth:`_publish_local`. It is closed by :meth:`stop`.
+        :meth:`deliver_local`. It is closed by :meth:`stop`.
         """
         self.backplane = backplane
-        self._topics.listener = backplane
+        self.pubsub.backplane = backplane
         await backplane.start(self)
-
-    def _connection_gone(self) -> None:
-        if self._all_gone is not None and not self._connections:
-            self._all_gone.set()
 
     async def __aenter__(self) -> Server:
         return self
@@ -261,17 +327,15 @@ class Server:
             raise ClosedError("upgrade() needs a server started with a websocket handler")
         if not isinstance(req, Request):
             raise InvalidType(f"upgrade expects a bunws.Request, got {type(req).__name__}")
-        conn = req._connection
+        conn = req.connection
         if (
             not isinstance(conn, Connection)
             or conn.server is not self
-            or req._upgraded
-            or conn.phase != HTTP
-            or conn.transport is None
-            or conn.transport.is_closing()
+            or req.upgraded
+            or not conn.can_upgrade()
         ):
             return False
-        user_headers = _header_pairs(headers)
+        user_headers = header_pairs(headers)
         try:
             key = check_upgrade_request(req)
             if self._stopping:
@@ -279,41 +343,39 @@ class Server:
             self._check_origin(req)
         except HandshakeError as exc:
             if exc.status == 426:
-                conn._answer = simple_response(426, [("Sec-WebSocket-Version", "13")], body=False)
+                conn.replace_answer(simple_response(426, [("Sec-WebSocket-Version", "13")], body=False))
             elif exc.status in (403, 503):
-                conn._answer = simple_response(exc.status)
+                conn.replace_answer(simple_response(exc.status))
             return False
-
         handler = self._websocket
         agreement = None
         if handler.deflate is not None:
             agreement = negotiate(handler.deflate, req.headers.get("sec-websocket-extensions"))
-        subprotocol = first_subprotocol(req.headers)
-        kept_headers = []
-        for name, value in user_headers:
-            if name.lower() == "sec-websocket-protocol":
-                subprotocol = value.strip() or None
-            else:
-                kept_headers.append((name, value))
+        subprotocol, kept_headers = _subprotocol_and_headers(req, user_headers)
         head = build_101(
             key, kept_headers, subprotocol, agreement.response if agreement is not None else None
         )
-        ws = ServerWebSocket(conn, self, data)
-        ws.subprotocol = subprotocol
-        inflater = None
+        inflater = deflater = None
+        shared_deflate = False
         if agreement is not None:
-            ws.extensions = agreement.response
             inflater = agreement.make_inflater()
             if agreement.compress_enabled:
-                ws._deflater = agreement.make_deflater()
-                ws._shared_deflate = agreement.shared_deflate
+                deflater = agreement.make_deflater()
+                shared_deflate = agreement.shared_deflate
         parser = FrameParser(
             server=True,
             max_payload_length=handler.max_payload_length,
             max_fragments=handler.max_fragments,
             inflater=inflater,
         )
-        conn.upgrade(req, head, ws, parser)
+        session = WebSocketSession(
+            conn, conn.transport, self, parser, data,
+            subprotocol=subprotocol,
+            extensions=agreement.response if agreement is not None else None,
+            deflater=deflater,
+            shared_deflate=shared_deflate,
+        )
+        conn.upgrade(req, head, session)
         return True
 
     def _check_origin(self, req: Request) -> None:
@@ -338,44 +400,34 @@ class Server:
         self, topic: str, data: str | bytes | bytearray | memoryview, compress: bool = True
     ) -> int:
         """Send to every subscriber of ``topic``; returns Bun's publish status."""
-        _check_topic(topic)
+        check_topic(topic)
         if compress is not True:
-            _check_compress(compress)
-        return self._publish(topic, data, compress, None)
-
-    def _publish(self, topic: str, data: Any, compress: bool, exclude: ServerWebSocket | None) -> int:
-        opcode, payload = encode_message(data)
-        if self.backplane is not None:
-            self.backplane.publish(topic, opcode, payload, compress)
-        return self._publish_local(topic, opcode, payload, compress, exclude)
-
-    def _publish_local(
-        self, topic: str, opcode: int, payload: bytes, compress: bool, exclude: ServerWebSocket | None
-    ) -> int:
-        receivers = self._topics.get(topic)
-        if not receivers:
-            return 0
-        flush_list = self._flush_list
-        status = fan_out(receivers, opcode, payload, compress, exclude, flush_list)
-        if flush_list and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_published)
-        return status
-
-    def _flush_published(self) -> None:
-        """End of tick: one write per receiver for everything published to it."""
-        self._flush_scheduled = False
-        pending, self._flush_list = self._flush_list, []
-        flush_queued(pending)
+            check_compress(compress)
+        return self.pubsub.publish(topic, data, compress, None)
 
     def subscriber_count(self, topic: str) -> int:
         """Live number of sockets subscribed to ``topic`` in this process."""
         if not isinstance(topic, str):
             raise InvalidType(f"topic must be a str, got {type(topic).__name__}")
-        return self._topics.count(topic)
+        return self.pubsub.count(topic)
 
     def __repr__(self) -> str:
         return f"<bunws.Server {self.url} websockets={self._pending_websockets}>"
+
+
+def _subprotocol_and_headers(
+    req: Request, user_headers: list[tuple[str, str]]
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """Bun auto-echoes the first offered subprotocol; a ``Sec-WebSocket-Protocol``
+    header passed to ``upgrade()`` chooses instead (docs/bun-behaviour.md §11)."""
+    subprotocol = first_subprotocol(req.headers)
+    kept = []
+    for name, value in user_headers:
+        if name.lower() == "sec-websocket-protocol":
+            subprotocol = value.strip() or None
+        else:
+            kept.append((name, value))
+    return subprotocol, kept
 
 
 def _origins(value: Iterable[str] | str | None) -> frozenset[str] | str | None:

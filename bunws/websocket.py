@@ -1,11 +1,10 @@
-"""``ServerWebSocket``: the write side of one upgraded connection.
+"""``ServerWebSocket``: the socket the ``websocket`` handlers are given.
 
-It owns the outgoing byte queue (cork buffer and queued publishes share one
-``bytearray`` so per-socket order always equals call order), the send-status rules
-of Bun (docs/bun-behaviour.md §2-§4), the socket's compressor and its subscriptions.
-The per-message methods (``send*``, ``ping``, ``pong``, ``cork``) are compiled in
-:mod:`bunws._wscore` (the benchmark that justified it is cited there); the rest is
-here. The read side and the lifecycle live in :mod:`bunws.protocol`.
+The per-message methods (``send*``, ``ping``, ``pong``, ``cork``) and the outgoing
+queue are compiled in :mod:`bunws._wscore` (``WebSocketCore``, the one owner of
+the socket's bytes, with Bun's send statuses: docs/bun-behaviour.md §2-§4). Here:
+closing, pause/resume (through the socket's :class:`~bunws.session.WebSocketSession`)
+and subscriptions (through the server's :class:`~bunws.pubsub.PubSub`).
 """
 
 from __future__ import annotations
@@ -13,56 +12,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._frame import close_reason_bytes as cut_reason
-from ._frame import encode_close
-from ._wscore import WebSocketCore
-from .errors import InvalidArgument, InvalidType
+from ._wscore import WebSocketCore, as_bytes
+from .arguments import check_compress, check_topic
+from .errors import InvalidType
 
 if TYPE_CHECKING:
-    from .protocol import Connection
-    from .server import Server
+    from .pubsub import PubSub
+    from .session import WebSocketSession
 
 __all__ = ["ServerWebSocket", "SEND_DROPPED", "SEND_BACKPRESSURE"]
 
 SEND_DROPPED = 0
 SEND_BACKPRESSURE = -1
-
-OP_PING = 9
-OP_PONG = 10
-
-# binary_type names (ours first, Bun's spellings as aliases) -> kind used by _wscore.
-_BINARY_TYPES = {
-    "bytes": 0,
-    "nodebuffer": 0,
-    "buffer": 0,
-    "Buffer": 0,
-    "bytearray": 1,
-    "arraybuffer": 1,
-    "ArrayBuffer": 1,
-    "memoryview": 2,
-    "uint8array": 2,
-    "Uint8Array": 2,
-}
-_BINARY_NAMES = ("bytes", "bytearray", "memoryview")
-
-
-def _payload(data: Any, what: str) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    raise InvalidType(f"{what} expects bytes-like data, got {type(data).__name__}")
-
-
-def _check_compress(compress: Any) -> None:
-    if not isinstance(compress, bool):
-        raise InvalidType("publish expects compress to be a bool")
-
-
-def _check_topic(topic: Any) -> None:
-    if not isinstance(topic, str):
-        raise InvalidType(f"topic must be a str, got {type(topic).__name__}")
-    if not topic:
-        raise InvalidArgument("topic must not be empty")
 
 
 class ServerWebSocket(WebSocketCore):
@@ -77,66 +38,39 @@ class ServerWebSocket(WebSocketCore):
     """
 
     __slots__ = (
+        "_session",
+        "_pubsub",
         "_topics",
         "_remote_address",
-        "_pending_pong",
+        "_publish_to_self",
         "subprotocol",
         "extensions",
     )
 
-    def __init__(self, conn: Connection, server: Server, data: Any) -> None:
-        handler = server._websocket
+    def __init__(
+        self,
+        session: WebSocketSession,
+        pubsub: PubSub,
+        data: Any,
+        remote_address: str | None,
+        *,
+        subprotocol: str | None = None,
+        extensions: str | None = None,
+        publish_to_self: bool = False,
+    ) -> None:
         self.data = data
-        self._conn = conn
-        self._server = server
-        self._transport = conn.transport
-        self._limit = handler.backpressure_limit
-        self._close_on_limit = handler.close_on_backpressure_limit
+        self._session = session
+        self._pubsub = pubsub
         self._topics: set[str] | None = None
-        self._remote_address = conn.remote_address
-        self._pending_pong: bytes | None = None
-        self.subprotocol: str | None = None
-        self.extensions: str | None = None
+        self._remote_address = remote_address
+        self._publish_to_self = publish_to_self
+        self.subprotocol = subprotocol
+        self.extensions = extensions
 
     # ---------------------------------------------------------------- properties
     @property
-    def ready_state(self) -> int:
-        """1 while open, 3 once closed (0 and 2 never occur, as in Bun)."""
-        return self._ready_state
-
-    @property
     def remote_address(self) -> str | None:
         return self._remote_address
-
-    @property
-    def binary_type(self) -> str:
-        """How binary messages, pings and pongs are handed over: ``"bytes"``
-        (default), ``"bytearray"`` or ``"memoryview"`` (Bun's names are aliases)."""
-        return _BINARY_NAMES[self._binary_kind]
-
-    @binary_type.setter
-    def binary_type(self, value: str) -> None:
-        try:
-            self._binary_kind = _BINARY_TYPES[value]
-        except (KeyError, TypeError):
-            raise InvalidArgument(
-                f"binary_type must be one of 'bytes', 'bytearray', 'memoryview', got {value!r}"
-            ) from None
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes of complete frames waiting in user space (not the cork buffer)."""
-        if self._ready_state != 1:
-            return 0
-        pending = 0 if self._corked else len(self._out) + self._chunked
-        return self._transport.get_write_buffer_size() + pending
-
-    def get_buffered_amount(self) -> int:
-        return self.buffered_amount
-
-    @property
-    def is_paused(self) -> bool:
-        return self._paused
 
     @property
     def subscriptions(self) -> list[str]:
@@ -157,45 +91,44 @@ class ServerWebSocket(WebSocketCore):
             reason = ""
         if not isinstance(reason, str):
             raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
-        if self._ready_state != 1:
+        if self.ready_state != 1:
             return
-        cut = cut_reason(reason).decode("utf-8")
-        self._conn.close_with_frame(encode_close(code & 0xFFFF, cut), code, cut)
+        self._session.close(code, cut_reason(reason).decode("utf-8"))
 
     def terminate(self) -> None:
         """Close the TCP connection at once, without a Close frame (handler gets 1006)."""
-        if self._ready_state == 1:
-            self._conn.abort(1006, "")
+        if self.ready_state == 1:
+            self._session.abort(1006, "")
 
     def pause(self) -> None:
         """Stop dispatching inbound messages (sends keep working)."""
-        self._conn.pause()
+        self._session.pause()
 
     def resume(self) -> None:
-        self._conn.resume()
+        self._session.resume()
 
     # ---------------------------------------------------------------- pub/sub
     def subscribe(self, topic: str) -> bool:
-        _check_topic(topic)
-        if self._ready_state != 1:
+        check_topic(topic)
+        if self.ready_state != 1:
             return False
         if self._topics is None:
             self._topics = set()
         if topic not in self._topics:
             self._topics.add(topic)
-            self._server._topics.add(topic, self)
+            self._pubsub.subscribe(topic, self)
         return True
 
     def unsubscribe(self, topic: str) -> bool:
-        _check_topic(topic)
-        if self._ready_state != 1 or not self._topics or topic not in self._topics:
+        check_topic(topic)
+        if self.ready_state != 1 or not self._topics or topic not in self._topics:
             return False
         self._topics.discard(topic)
-        self._server._topics.remove(topic, self)
+        self._pubsub.unsubscribe(topic, self)
         return True
 
     def is_subscribed(self, topic: str) -> bool:
-        _check_topic(topic)
+        check_topic(topic)
         return bool(self._topics) and topic in self._topics  # type: ignore[operator]
 
     def publish(
@@ -203,44 +136,45 @@ class ServerWebSocket(WebSocketCore):
     ) -> int:
         """Publish to every subscriber of ``topic`` except this socket (unless
         ``publish_to_self``)."""
-        _check_topic(topic)
+        check_topic(topic)
         if compress is not False:
-            _check_compress(compress)
-        return self._server._publish(topic, data, compress, self._publish_exclude())
+            check_compress(compress)
+        return self._pubsub.publish(topic, data, compress, self._publish_exclude())
 
     def publish_text(self, topic: str, data: str, compress: bool = False) -> int:
         if type(data) is not str:
             raise InvalidType(f"publish_text expects a str, got {type(data).__name__}")
         if topic == "":
             return 0  # Bun returns 0 here instead of throwing (docs/bun-behaviour.md §5)
-        _check_topic(topic)
+        check_topic(topic)
         if compress is not False:
-            _check_compress(compress)
-        return self._server._publish(topic, data, compress, self._publish_exclude())
+            check_compress(compress)
+        return self._pubsub.publish(topic, data, compress, self._publish_exclude())
 
     def publish_binary(
         self, topic: str, data: bytes | bytearray | memoryview, compress: bool = False
     ) -> int:
-        _check_topic(topic)
+        check_topic(topic)
         if compress is not False:
-            _check_compress(compress)
-        return self._server._publish(
-            topic, _payload(data, "publish_binary"), compress, self._publish_exclude()
+            check_compress(compress)
+        return self._pubsub.publish(
+            topic, as_bytes(data, "publish_binary"), compress, self._publish_exclude()
         )
 
     def _publish_exclude(self) -> ServerWebSocket | None:
-        if self._ready_state != 1 or self._server._websocket.publish_to_self:
+        if self.ready_state != 1 or self._publish_to_self:
             return None
         return self
 
-    def _unsubscribe_all(self) -> None:
+    def unsubscribe_all(self) -> None:
+        """Leave every topic (the session calls it before the ``close`` handler)."""
         topics = self._topics
         if topics:
             self._topics = None
-            registry = self._server._topics
+            pubsub = self._pubsub
             for topic in topics:
-                registry.remove(topic, self)
+                pubsub.unsubscribe(topic, self)
 
     def __repr__(self) -> str:
-        state = {1: "open", 3: "closed"}.get(self._ready_state, "?")
+        state = {1: "open", 3: "closed"}.get(self.ready_state, "?")
         return f"<ServerWebSocket {state} {self._remote_address}>"

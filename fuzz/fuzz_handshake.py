@@ -343,7 +343,7 @@ def test_one_input(data: bytes) -> None:
             break  # a closed transport delivers nothing more
         conn.data_received(piece)
         _spin(r.int_in(0, 2))
-        if conn.ws is not None and r.chance(20):
+        if conn.session is not None and r.chance(20):
             conn.pause_writing()
             conn.resume_writing()
     if r.chance(40) and not transport.closing:
@@ -362,7 +362,7 @@ def test_one_input(data: bytes) -> None:
     assert conn not in server._connections and not server._connections, "connection leaked"
     assert server.pending_websockets == 0, server.pending_websockets
     assert server._http_connections == 0, server._http_connections
-    assert len(server._topics) == 0, server._topics.topics()
+    assert len(server.pubsub) == 0, server.pubsub.topics()
     assert APP.opened - opened0 == APP.closed - closed0, ("open/close calls", APP.opened - opened0, APP.closed - closed0)
     assert APP.opened - opened0 <= 1
     responses, frames = parse_http_output(bytes(transport.out))

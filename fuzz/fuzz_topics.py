@@ -359,8 +359,8 @@ def _open_socket(server: bunws.Server) -> tuple[Connection, StubTransport, bunws
     assert server.upgrade(req)
     assert stub.out.startswith(b"HTTP/1.1 101 ")
     stub.out.clear()
-    assert conn.ws is not None
-    return conn, stub, conn.ws
+    assert conn.session is not None
+    return conn, stub, conn.session.ws
 
 
 # ------------------------------------------------------------------------ the target
@@ -407,7 +407,7 @@ def test_one_input(data: bytes) -> None:
     r = Reader(data)
     to_self, limit, close_on_limit = r.boolean(), r.pick(LIMITS), r.boolean()
     server = _server(to_self, limit, close_on_limit)
-    assert len(server._topics) == 0 and not server._connections
+    assert len(server.pubsub) == 0 and not server._connections
     n = r.int_in(1, 5)
     close_topic = r.pick(VALID_TOPICS[:4]) if r.chance(80) else None
     model = Model(n, limit, close_on_limit, to_self, close_topic)
@@ -497,7 +497,7 @@ def test_one_input(data: bytes) -> None:
             assert set(w.subscriptions) == m.subs, (w.subscriptions, m.subs)
         for t in VALID_TOPICS:
             assert server.subscriber_count(t) == model.count(t), (t, server.subscriber_count(t), model.count(t))
-        assert sorted(server._topics.topics()) == sorted(model.registry)
+        assert sorted(server.pubsub.topics()) == sorted(model.registry)
 
     # Close everything, let the loop run, compare what each client would read.
     for (conn, stub, ws), s in zip(socks, model.socks):
@@ -513,9 +513,9 @@ def test_one_input(data: bytes) -> None:
     for (conn, stub, ws), s in zip(socks, model.socks):
         frames = [(op, payload) for op, payload, _ in parse_server_frames(bytes(stub.out))]
         assert frames == s.written, (s.idx, frames[:8], s.written[:8])
-    assert len(server._topics) == 0, server._topics.topics()
+    assert len(server.pubsub) == 0, server.pubsub.topics()
     assert not server._connections and server.pending_websockets == 0 and server._http_connections == 0
-    assert not server._flush_list
+    assert server.pubsub.pending_flushes == 0
 
 
 def shutdown() -> None:

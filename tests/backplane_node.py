@@ -39,6 +39,9 @@ def fetch(req, server):
     return bunws.Response("not found", status=404)
 
 
+SERVERS: list = []  # this process's server, for the server-wide publish ("X")
+
+
 def open_(ws):
     for topic in ws.data:
         ws.subscribe(topic)
@@ -52,7 +55,7 @@ def message(ws, msg):
         if cmd == "P":
             ws.publish(topic, payload)
         elif cmd == "X":
-            ws._server.publish(topic, payload)
+            SERVERS[0].publish(topic, payload)
         elif cmd == "S":
             ws.subscribe(topic)
         elif cmd == "U":
@@ -74,6 +77,7 @@ def main() -> None:
     workers = int(os.environ.get("WORKERS", "1"))
 
     def on_start(server):
+        SERVERS.append(server)
         if workers == 1:
             print(json.dumps({"port": server.port}), flush=True)
 

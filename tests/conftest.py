@@ -74,7 +74,7 @@ async def eventually(predicate: Any, timeout: float = 5.0) -> None:
 def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
     """Wrap the socket's transport so every write() or writelines() call is recorded
     (a writelines() as one write: it is one send on every transport that matters)."""
-    transport = ws._transport
+    transport = ws.transport
     writes: list[bytes] = []
     original = transport.write
     original_lines = transport.writelines
@@ -94,6 +94,5 @@ def count_writes(ws: bunws.ServerWebSocket) -> list[bytes]:
     spy = Spy()
     spy.write = write  # type: ignore[attr-defined]
     spy.writelines = writelines  # type: ignore[attr-defined]
-    ws._transport = spy
-    ws._conn.transport = spy
+    ws.transport = spy  # every frame of the socket goes through it
     return writes

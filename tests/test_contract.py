@@ -65,7 +65,7 @@ class ContractMachine(RuleBasedStateMachine):
 
     def _open(self, ws: bunws.ServerWebSocket) -> None:
         self.ws = ws
-        sock = ws._transport.get_extra_info("socket")
+        sock = ws.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
 
     def _close(self, ws: bunws.ServerWebSocket, code: int, reason: str) -> None:

@@ -791,7 +791,7 @@ async def test_no_context_takeover_receivers_share_one_compression(
             for _ in range(3)
         ]
         await eventually(lambda: server.subscriber_count("t") == 3)
-        assert all(isinstance(ws._deflater, Counting) for ws in echo.sockets)
+        assert all(isinstance(ws.deflater, Counting) for ws in echo.sockets)
         assert server.publish("t", SMALL_TEXT) == len(SMALL_TEXT)
         frames = [await c.recv_frame() for c in clients]
         assert frames[0] == frames[1] == frames[2] and frames[0][3]

@@ -14,7 +14,6 @@ import wire
 from bunws._frame import (
     FrameParser,
     Opcode,
-    append_frame,
     apply_mask,
     encode_close,
     encode_frame,
@@ -574,14 +573,6 @@ def test_encode_close_defaults_to_1000():
     assert encode_close() == b"\x88\x02\x03\xe8"
 
 
-def test_append_frame_appends_and_returns_size():
-    out = bytearray(b"xx")
-    n = append_frame(out, Opcode.TEXT, "hé")
-    n2 = append_frame(out, Opcode.BINARY, bytes(300), rsv1=True)
-    assert out == b"xx" + encode_frame(1, "hé") + encode_frame(2, bytes(300), rsv1=True)
-    assert (n, n2) == (5, 304)
-
-
 def test_apply_mask_twice_is_identity_and_matches_reference():
     data = bytes(range(256)) * 5 + b"tail"
     for start in range(9):
@@ -618,9 +609,6 @@ def test_validate_utf8_examples():
     (lambda: encode_frame(1, b"", mask="abcd"), InvalidType, "mask must be bytes-like"),
     (lambda: encode_close("1000"), InvalidType, "close code must be an int"),
     (lambda: encode_close(1000, b"r"), InvalidType, "close reason must be a str"),
-    (lambda: append_frame(b"", 1, b""), InvalidType, "out must be a bytearray"),
-    (lambda: append_frame(bytearray(), 10, bytes(126)), InvalidArgument,
-     "control frame payload must be <= 125 bytes, got 126"),
     (lambda: apply_mask(b"", b"12345"), InvalidArgument, "mask must be 4 bytes, got 5"),
     (lambda: apply_mask("ab", M), InvalidType, "data must be bytes-like"),
     (lambda: validate_utf8("ab"), InvalidType, "data must be bytes-like"),

@@ -378,7 +378,7 @@ async def test_peer_close_after_handshake_timeout_keeps_close_timeout() -> None:
         peer = await Peer.connect(server.port)
         await eventually(lambda: server.pending_websockets == 1)
         await asyncio.sleep(1.6)  # older than handshake_timeout
-        ws = next(iter(server._connections)).ws
+        ws = next(iter(server._connections)).session.ws
         for _ in range(total // len(payload)):
             ws.send(payload)
         await peer.sendall(wire.client(wire.CLOSE, wire.close_payload(1000)))

@@ -163,7 +163,7 @@ async def test_no_objects_or_memory_left_after_many_cycles(total: int) -> None:
         assert server.pending_websockets == 0
         assert server.pending_requests == 0
         assert server.subscriber_count("all") == 0
-        assert not server._topics or len(server._topics) == 0
+        assert len(server.pubsub) == 0
         assert not server._tasks
         after = census()
         grown = rss() - base_rss

@@ -3,7 +3,7 @@
 Only the public API is driven (``subscribe``/``publish*``/``subscriptions``,
 ``Server.publish``/``subscriber_count``); what subscribers receive is checked byte by
 byte with :class:`RawClient`. Two internals are read, never written, where §5 makes a
-claim about cost rather than behaviour: ``len(server._topics)`` (no per-topic cost
+claim about cost rather than behaviour: ``len(server.pubsub)`` (no per-topic cost
 left) and the socket's transport, wrapped to count ``write`` calls (coalescing).
 """
 
@@ -210,7 +210,7 @@ async def test_closed_socket_cannot_subscribe() -> None:
         assert ws.subscriptions == []
         assert server.subscriber_count("a") == 0
         assert server.subscriber_count("new") == 0
-        assert len(server._topics) == 0
+        assert len(server.pubsub) == 0
         a.close()
 
 
@@ -638,7 +638,7 @@ async def test_subscriptions_are_gone_before_close_handler(kind: str) -> None:
         else:
             await eventually(lambda: len(hub.at_close) == 2)
             assert all(s["subscriptions"] == [] for s in hub.at_close)
-            assert len(server._topics) == 0
+            assert len(server.pubsub) == 0
         victim.abort()
         witness.close()
 
@@ -667,7 +667,7 @@ async def test_subscriber_count_drops_synchronously_on_close() -> None:
         clients[0].send_text("go")
         await eventually(lambda: len(seen) == 4)
         assert seen == [3, 2, 1, 0]
-        assert len(server._topics) == 0
+        assert len(server.pubsub) == 0
         for client in clients:
             client.abort()
 
@@ -686,16 +686,16 @@ async def test_many_topics_on_one_socket_leave_nothing_behind() -> None:
         # Unsubscribing half one by one frees those topics right away.
         assert all(wa.unsubscribe(t) for t in topics[1::2])
         assert all(server.subscriber_count(t) == 0 for t in topics[1::2])
-        assert len(server._topics) == MANY_TOPICS // 2
+        assert len(server.pubsub) == MANY_TOPICS // 2
         # Each remaining topic still delivers.
         assert server.publish(topics[-2], "last") == 4
         assert await a.recv_data() == (wire.TEXT, b"last")
         wa.close()
         assert all(server.subscriber_count(t) == 0 for t in topics[1:])
         assert server.subscriber_count(topics[0]) == 1  # b is still there
-        assert len(server._topics) == 1
+        assert len(server.pubsub) == 1
         wb.unsubscribe(topics[0])
-        assert len(server._topics) == 0  # no per-topic cost once the last one left
+        assert len(server.pubsub) == 0  # no per-topic cost once the last one left
         a.close()
         b.close()
 
@@ -825,7 +825,7 @@ async def test_ten_thousand_subscribers_on_one_topic() -> None:
             await asyncio.wait_for(proc.stdin.drain(), 10)
             await asyncio.wait_for(proc.wait(), 30)
             await eventually(lambda: server.subscriber_count("all") == 0, timeout=30)
-            assert len(server._topics) == 0
+            assert len(server.pubsub) == 0
         finally:
             if proc.returncode is None:
                 proc.kill()

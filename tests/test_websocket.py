@@ -143,6 +143,7 @@ async def test_lone_surrogates_raise_invalid_argument_and_send_nothing() -> None
     reason never fails (U+FFFD, as Bun's JavaScript string would give)."""
     rec = Recorder()
     raised: list[str] = []
+    servers: list[bunws.Server] = []
 
     def on_message(ws: bunws.ServerWebSocket, msg: Any) -> None:
         ws.subscribe("t")
@@ -152,7 +153,7 @@ async def test_lone_surrogates_raise_invalid_argument_and_send_nothing() -> None
             lambda: ws.ping("\ud83d"),
             lambda: ws.publish("t", "x\udc00"),
             lambda: ws.publish_text("t", "x\udc00"),
-            lambda: ws._server.publish("t", "x\udc00"),
+            lambda: servers[0].publish("t", "x\udc00"),
         ):
             with pytest.raises(bunws.InvalidArgument) as info:
                 call()
@@ -162,6 +163,7 @@ async def test_lone_surrogates_raise_invalid_argument_and_send_nothing() -> None
 
     rec.on_message = on_message
     async with running(rec.handler) as server:
+        servers.append(server)
         client = await RawClient.connect(server.port)
         client.send_text("go")
         assert await client.recv_data() == (wire.TEXT, b"ok")  # nothing sent before it
