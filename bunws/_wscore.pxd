@@ -2,7 +2,7 @@
 #
 # Pipeline of one connection after the upgrade:
 #   transport bytes -> _frame.FrameParser.feed_events -> dispatch() -> handlers
-#   handlers -> WebSocketCore.send*/ping/pong -> out (+ shared chunks) -> flush -> transport
+#   handlers -> WebSocketCore.send*/ping/pong -> out (+ shared_frames) -> flush -> transport
 #   Server.publish -> pubsub.PubSub -> fan_out() (queue by reference) -> flush_queued()
 #
 # WebSocketCore is the only owner of its buffers: every frame of a socket (data,
@@ -21,8 +21,8 @@ cdef class WebSocketCore:
     cdef bint shared_deflate              # deflater is a process-wide stateless one
     # outgoing queue
     cdef bytearray out                    # cork buffer + own frames, in call order
-    cdef list chunks                      # None, or frames shared with other sockets, queued before out
-    cdef Py_ssize_t chunked               # bytes in chunks
+    cdef list shared_frames               # None, or frames shared with other sockets, queued before out
+    cdef Py_ssize_t shared_bytes          # bytes in shared_frames
     cdef int corked                       # cork depth
     cdef bint queued                      # in the pub/sub end-of-tick flush list
     cdef object pending_pong              # the one pong kept back while the transport is full
@@ -30,7 +30,7 @@ cdef class WebSocketCore:
     cdef readonly int ready_state         # 1 open, 3 closed (as Bun reports it)
     cdef readonly bint is_paused          # pause(): inbound events are held back
     cdef readonly bint write_paused       # bytes are waiting in the transport
-    cdef bint doomed                      # close_on_backpressure_limit tripped
+    cdef bint limit_tripped               # close_on_backpressure_limit tripped
     cdef int binary_kind                  # 0 bytes, 1 bytearray, 2 memoryview
     cdef object __weakref__
 

@@ -50,14 +50,14 @@ cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
     buffer: the copies were the cost of fan-out (bench/RESULTS.md, "fan-out by
     reference"). Each receiver's frames are joined (uvloop: written vectored) at
     flush time."""
-    if ws.chunks is None:
-        ws.chunks = []
+    if ws.shared_frames is None:
+        ws.shared_frames = []
     if PyByteArray_GET_SIZE(ws.out):
-        ws.chunks.append(ws.out)
-        ws.chunked += PyByteArray_GET_SIZE(ws.out)
+        ws.shared_frames.append(ws.out)
+        ws.shared_bytes += PyByteArray_GET_SIZE(ws.out)
         ws.out = bytearray()
-    ws.chunks.append(frame)
-    ws.chunked += PyBytes_GET_SIZE(frame)
+    ws.shared_frames.append(frame)
+    ws.shared_bytes += PyBytes_GET_SIZE(frame)
     return 0
 
 
@@ -161,7 +161,7 @@ cdef class WebSocketCore:
 
     cdef Py_ssize_t queue_frame(self, int opcode, object payload, bint compress) except -2:
         """Queue one frame with Bun's status rules (docs/bun-behaviour.md §2, §3)."""
-        if self.ready_state != 1 or self.doomed:
+        if self.ready_state != 1 or self.limit_tripped:
             return 0
         cdef Py_ssize_t limit = self.limit
         if limit and self.buffered() > limit:
@@ -174,7 +174,7 @@ cdef class WebSocketCore:
             rsv1 = True
         append_server_frame(self.out, opcode, payload, rsv1)
         if self.corked:
-            if PyByteArray_GET_SIZE(self.out) + self.chunked > CORK_FLUSH_THRESHOLD:
+            if PyByteArray_GET_SIZE(self.out) + self.shared_bytes > CORK_FLUSH_THRESHOLD:
                 self.flush()
         else:
             self.flush()
@@ -188,20 +188,20 @@ cdef class WebSocketCore:
         if self.write_paused:
             n = self.transport.get_write_buffer_size()
         if not self.corked:
-            n += PyByteArray_GET_SIZE(self.out) + self.chunked
+            n += PyByteArray_GET_SIZE(self.out) + self.shared_bytes
         return n
 
     cpdef flush(self):
         """Hand the queued bytes to the transport in one write."""
         cdef bytearray out = self.out
-        cdef list chunks = self.chunks
-        if chunks is not None:
-            self.chunks = None
-            self.chunked = 0
+        cdef list shared_frames = self.shared_frames
+        if shared_frames is not None:
+            self.shared_frames = None
+            self.shared_bytes = 0
             if PyByteArray_GET_SIZE(out):
                 self.out = bytearray()
-                chunks.append(out)
-            self.transport.writelines(chunks)
+                shared_frames.append(out)
+            self.transport.writelines(shared_frames)
         elif PyByteArray_GET_SIZE(out):
             # A fresh buffer rather than clearing in place: a transport may keep a
             # reference to what it was given.
@@ -227,10 +227,10 @@ cdef class WebSocketCore:
         return 0
 
     cdef int over_limit(self) except -1:
-        if self.close_on_limit and not self.doomed:
+        if self.close_on_limit and not self.limit_tripped:
             # Bun: no Close frame, buffered data discarded, close handler (1006, "")
             # right after the current handler returns; every later send is dropped.
-            self.doomed = True
+            self.limit_tripped = True
             self.loop.call_soon(self.on_over_limit)
         return 0
 
@@ -259,7 +259,7 @@ cdef class WebSocketCore:
         """Bytes of complete frames waiting in user space (not the cork buffer)."""
         if self.ready_state != 1:
             return 0
-        cdef Py_ssize_t pending = 0 if self.corked else PyByteArray_GET_SIZE(self.out) + self.chunked
+        cdef Py_ssize_t pending = 0 if self.corked else PyByteArray_GET_SIZE(self.out) + self.shared_bytes
         return self.transport.get_write_buffer_size() + pending
 
     def get_buffered_amount(self):
@@ -337,8 +337,8 @@ cdef class WebSocketCore:
             return False
         self.ready_state = 3
         self.out = bytearray()
-        self.chunks = None
-        self.chunked = 0
+        self.shared_frames = None
+        self.shared_bytes = 0
         self.pending_pong = None
         return True
 
@@ -418,7 +418,7 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
             continue
         ws = <WebSocketCore>obj
         count += 1
-        if ws.doomed:
+        if ws.limit_tripped:
             dropped = True
             continue
         buffered = ws.buffered()

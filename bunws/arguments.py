@@ -11,7 +11,9 @@ from typing import Any
 from ._wscore import as_bytes
 from .errors import InvalidArgument, InvalidType
 
-__all__ = ["as_bytes", "check_compress", "check_topic"]
+__all__ = [
+    "as_bytes", "check_compress", "check_port", "check_topic", "positive_int", "positive_number",
+]
 
 
 def check_topic(topic: Any) -> None:
@@ -24,3 +26,24 @@ def check_topic(topic: Any) -> None:
 def check_compress(compress: Any) -> None:
     if not isinstance(compress, bool):
         raise InvalidType("publish expects compress to be a bool")
+
+
+def positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def positive_int(name: str, value: Any, *, optional: bool = False) -> Any:
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        qualifier = "None or " if optional else ""
+        raise InvalidArgument(f"{name} must be {qualifier}a positive int, got {value!r}")
+    return value
+
+
+def check_port(port: Any) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidArgument(f"port must be in 0..65535, got {port!r}")
+    return port

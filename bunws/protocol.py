@@ -55,13 +55,13 @@ class Connection(asyncio.BufferedProtocol):
     instead of allocating a fresh 256 KiB ``bytes`` per read and shrinking it
     (py-spy, 10 000 handshakes: that ``recv`` was 19.5 % of the server's time).
     Sharing one buffer is safe because every consumer copies what it keeps before
-    ``buffer_updated`` returns (the frame parser, httptools, ``_held``), and the loop
+    ``buffer_updated`` returns (the frame parser, httptools, ``_early_bytes``), and the loop
     never reads for another connection while one's ``buffer_updated`` runs.
 
     HTTP phase: requests are parsed in slices into ``_queue`` and answered strictly
     in order, the server's own refusals (400/413/431) included. While the queue is
     full, an answer cannot be written, or an Upgrade request's fetch is deciding,
-    the rest of the input waits (``_unparsed`` / ``_held``) and reading pauses.
+    the rest of the input waits (``_unparsed`` / ``_early_bytes``) and reading pauses.
     """
 
     # Slots: thousands of idle connections are the normal case (see the RSS per
@@ -69,8 +69,8 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "server", "clock", "transport", "remote_address", "phase",
         "_http", "_url", "_headers", "_head_bytes", "_head_raw", "_in_head",
-        "_messages", "_body", "_queue", "_queued_body", "_unparsed", "_busy",
-        "_held", "_close_after", "_answer", "_write_blocked", "_reading_paused",
+        "_messages", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
+        "_early_bytes", "_close_after", "_server_answer", "_write_blocked", "_reading_paused",
         "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "deadline",
         "session", "__weakref__",
     )
@@ -99,10 +99,10 @@ class Connection(asyncio.BufferedProtocol):
         self._queue: deque[tuple[Request | int, bool]] | None = deque()
         self._queued_body = 0  # body bytes of the queued requests
         self._unparsed: bytearray | None = None  # input not parsed yet (queue full)
-        self._busy = False  # an async fetch() is running
-        self._held: bytearray | None = None  # bytes after an Upgrade request's head
+        self._fetch_running = False  # an async fetch() is running
+        self._early_bytes: bytearray | None = None  # bytes after an Upgrade request's head
         self._close_after = False  # close once the queued responses are written
-        self._answer: bytes | None = None  # server's own answer replacing fetch's (426/403/503)
+        self._server_answer: bytes | None = None  # server's own answer replacing fetch's (426/403/503)
         self._write_blocked = False  # HTTP answers wait in the transport (client not reading)
         self._reading_paused = False
         self._peer_eof = False  # the client shut down its side; answer what it is owed
@@ -197,8 +197,8 @@ class Connection(asyncio.BufferedProtocol):
             self._tls_early += data  # still TLS records: for _replay_tls
             return
         if self.phase is WEBSOCKET:
-            if self._held is not None:
-                self._keep_held(data)  # behind the frames that came with the handshake
+            if self._early_bytes is not None:
+                self._keep_early_bytes(data)  # behind the frames that came with the handshake
             else:
                 self.session.data_received(data)  # type: ignore[union-attr]
         elif self.phase is HTTP:
@@ -209,7 +209,7 @@ class Connection(asyncio.BufferedProtocol):
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
             return True
-        if self.phase is WEBSOCKET and self._held is not None:
+        if self.phase is WEBSOCKET and self._early_bytes is not None:
             self._peer_eof = True  # the frames already received are dispatched first
             return True
         # Returning a false value makes the transport close itself.
@@ -241,7 +241,7 @@ class Connection(asyncio.BufferedProtocol):
         self._http = None
         self._queue = None
         self._unparsed = None
-        self._held = None
+        self._early_bytes = None
         # Break the Connection <-> session <-> socket cycle so a closed connection is
         # freed by reference counting, not left for a full GC pass (the app may
         # still hold the socket: its methods then see a closed connection).
@@ -263,9 +263,9 @@ class Connection(asyncio.BufferedProtocol):
 
     # ================================================================ HTTP phase
     def _http_data(self, data: bytes | memoryview) -> None:
-        if self._held is not None:
+        if self._early_bytes is not None:
             # After an Upgrade request's head nothing is parsed as HTTP until fetch decides.
-            self._keep_held(data)
+            self._keep_early_bytes(data)
         elif self._unparsed is not None:
             self._unparsed += data  # a read that was under way when reading paused
             self.update_reading()
@@ -275,7 +275,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _http_idle(self) -> bool:
         """Nothing is owed: no running fetch, no queued request, no waiting input."""
-        return not self._busy and not self._queue and self._unparsed is None and self._held is None
+        return not self._fetch_running and not self._queue and self._unparsed is None and self._early_bytes is None
 
     def _queue_full(self) -> bool:
         queue = self._queue
@@ -290,8 +290,8 @@ class Connection(asyncio.BufferedProtocol):
         pos, end = 0, len(view)
         while pos < end:
             if self._http is None:
-                if self._held is not None:
-                    self._keep_held(view[pos:])
+                if self._early_bytes is not None:
+                    self._keep_early_bytes(view[pos:])
                 return  # refused: what follows is never read
             if self._queue_full():
                 self._unparsed = bytearray(view[pos:])
@@ -299,12 +299,12 @@ class Connection(asyncio.BufferedProtocol):
             chunk = view[pos : pos + PARSE_SLICE]
             upgrade_at = self._feed(chunk)
             if upgrade_at >= 0:
-                self._held = bytearray()
-                self._keep_held(view[pos + upgrade_at :])
+                self._early_bytes = bytearray()
+                self._keep_early_bytes(view[pos + upgrade_at :])
                 pos = end
             else:
                 pos += len(chunk)
-            self._pump()
+            self._answer_queued()
 
     def _feed(self, chunk: memoryview) -> int:
         """Parse one slice; returns where an Upgrade request's head ended, else -1."""
@@ -387,7 +387,7 @@ class Connection(asyncio.BufferedProtocol):
                     raise _Rejected
             elif lower == "expect" and value.lower() == "100-continue":
                 # The interim answer may not overtake the final answers before it.
-                if self._queue or self._busy:
+                if self._queue or self._fetch_running:
                     self._continue_due = True
                 else:
                     self.transport.write(_CONTINUE)
@@ -426,8 +426,8 @@ class Connection(asyncio.BufferedProtocol):
     def _advance(self) -> None:
         """Answer what can be answered, then parse waiting input while there is room."""
         while self.phase == HTTP:
-            self._pump()
-            if self.phase != HTTP or self._busy or self._write_blocked:
+            self._answer_queued()
+            if self.phase != HTTP or self._fetch_running or self._write_blocked:
                 break
             if self._continue_due and not self._queue:
                 self._continue_due = False
@@ -440,10 +440,10 @@ class Connection(asyncio.BufferedProtocol):
             self._close_http()
         self.update_reading()
 
-    def _pump(self) -> None:
+    def _answer_queued(self) -> None:
         """Run ``fetch`` for queued requests, one at a time, in order."""
         queue = self._queue
-        while queue and not self._busy and not self._write_blocked and self.phase == HTTP:
+        while queue and not self._fetch_running and not self._write_blocked and self.phase == HTTP:
             item, keep_alive = queue.popleft()
             if type(item) is int:
                 self._send_http(simple_response(item), close=True)
@@ -453,7 +453,7 @@ class Connection(asyncio.BufferedProtocol):
             self._queued_body -= req.body_size
             server = self.server
             if server.stopping:
-                self._answer = simple_response(503)
+                self._server_answer = simple_response(503)
                 self._write_answer(req, None, False)
                 return
             try:
@@ -462,7 +462,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._fetch_failed(req, exc)
                 continue
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                self._busy = True
+                self._fetch_running = True
                 server.create_task(self._await_fetch(req, result, keep_alive))
                 return
             self._write_answer(req, result, keep_alive)
@@ -471,10 +471,10 @@ class Connection(asyncio.BufferedProtocol):
         try:
             result = await pending
         except Exception as exc:
-            self._busy = False
+            self._fetch_running = False
             self._fetch_failed(req, exc)
         else:
-            self._busy = False
+            self._fetch_running = False
             self._write_answer(req, result, keep_alive)
         if self.phase == HTTP:
             self._advance()
@@ -482,18 +482,18 @@ class Connection(asyncio.BufferedProtocol):
     def _fetch_failed(self, req: Request, exc: Exception) -> None:
         logger.error("fetch() raised for %s %s", req.method, req.target, exc_info=exc)
         if req.upgraded:
-            self._release_held()
+            self._release_early_bytes()
         elif self.phase == HTTP:
             self._send_http(simple_response(500), close=True)
 
     def _write_answer(self, req: Request, result: Any, keep_alive: bool) -> None:
         if req.upgraded:
-            self._release_held()
+            self._release_early_bytes()
             return
         if self.phase != HTTP:
             return
-        if self._answer is not None:
-            answer, self._answer = self._answer, None
+        if self._server_answer is not None:
+            answer, self._server_answer = self._server_answer, None
             self._send_http(answer, close=True)
             return
         if not isinstance(result, Response):
@@ -509,7 +509,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         # A request that paused llhttp for an upgrade and was not upgraded ends the
         # connection: the bytes after it were never parsed as HTTP.
-        close = not keep_alive or self._held is not None or self.server.stopping
+        close = not keep_alive or self._early_bytes is not None or self.server.stopping
         try:
             payload = build_response(result, keep_alive=not close, head_only=req.method == "HEAD")
         except Exception as exc:  # e.g. headers changed after the Response checked them
@@ -542,7 +542,7 @@ class Connection(asyncio.BufferedProtocol):
     def update_reading(self) -> None:
         """Pause reading exactly while some input must wait (one place decides):
         HTTP input the server cannot take yet, or a paused WebSocket session."""
-        held = self._held
+        held = self._early_bytes
         session = self.session
         wanted = (
             (session is not None and session.paused)
@@ -561,8 +561,8 @@ class Connection(asyncio.BufferedProtocol):
         else:
             transport.resume_reading()
 
-    def _keep_held(self, data: bytes | memoryview) -> None:
-        held = self._held
+    def _keep_early_bytes(self, data: bytes | memoryview) -> None:
+        held = self._early_bytes
         assert held is not None
         held += data
         if len(held) >= HOLD_LIMIT:
@@ -577,7 +577,7 @@ class Connection(asyncio.BufferedProtocol):
     def replace_answer(self, answer: bytes) -> None:
         """The server answers the current request itself (426/403/503 from
         ``upgrade()``), whatever ``fetch`` returns."""
-        self._answer = answer
+        self._server_answer = answer
 
     def upgrade(self, req: Request, response_head: bytes, session: WebSocketSession) -> None:
         """Switch to the WebSocket phase (called by ``Server.upgrade``)."""
@@ -595,17 +595,17 @@ class Connection(asyncio.BufferedProtocol):
         # empty again, which is when Bun fires ``drain``.
         self.transport.set_write_buffer_limits(high=0)
         session.opened()
-        if self._held is not None:
+        if self._early_bytes is not None:
             # An async fetch may go on awaiting after upgrade(): the frames that came
             # with the handshake still go first, right after this loop iteration.
-            server.loop.call_soon(self._release_held)
+            server.loop.call_soon(self._release_early_bytes)
 
-    def _release_held(self) -> None:
+    def _release_early_bytes(self) -> None:
         """Dispatch the frames that arrived with the handshake, before any read after."""
-        held = self._held
+        held = self._early_bytes
         if held is None:
             return
-        self._held = None
+        self._early_bytes = None
         self.update_reading()
         session = self.session
         if self.phase is not WEBSOCKET or session is None:
@@ -633,10 +633,10 @@ class Connection(asyncio.BufferedProtocol):
             self.resume_writing()  # a transport that never resumed us
         if now < self.deadline:
             return
-        if self._busy:
+        if self._fetch_running:
             # fetch is the application's to bound; an upgrade left deciding keeps the
             # client's early frames, so it gets one more timeout, then the connection ends
-            if self._held is not None and now >= self.deadline + self.server.handshake_timeout:
+            if self._early_bytes is not None and now >= self.deadline + self.server.handshake_timeout:
                 transport.abort()
             return
         if self._close_after or self._write_blocked or transport.get_write_buffer_size():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._frame import FrameParser
-from .arguments import check_compress, check_topic
+from .arguments import check_compress, check_port, check_topic, positive_int, positive_number
 from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
 from .extensions import negotiate
 from .http import (
@@ -74,26 +74,15 @@ class Server:
         if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
             raise InvalidType("ssl must be an ssl.SSLContext")
         for name, value in (
-            ("handshake_timeout", handshake_timeout),
-            ("close_timeout", close_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
-        for name, value in (
             ("max_head_size", max_head_size),
             ("max_headers", max_headers),
             ("max_body_size", max_body_size),
             ("max_pending_handshakes", max_pending_handshakes),
             ("backlog", backlog),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgument(f"{name} must be a positive int, got {value!r}")
-        if max_connections is not None and (
-            isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1
-        ):
-            raise InvalidArgument(f"max_connections must be None or a positive int, got {max_connections!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise InvalidArgument(f"port must be in 0..65535, got {port!r}")
+            positive_int(name, value)
+        positive_int("max_connections", max_connections, optional=True)
+        check_port(port)
         self.fetch = fetch
         self._websocket = websocket or WebSocketHandler()
         self._has_websocket = websocket is not None
@@ -103,8 +92,8 @@ class Server:
         self._scheme = "https" if ssl else "http"
         self.reuse_port = reuse_port
         self.backlog = backlog
-        self.handshake_timeout = float(handshake_timeout)
-        self.close_timeout = float(close_timeout)
+        self.handshake_timeout = positive_number("handshake_timeout", handshake_timeout)
+        self.close_timeout = positive_number("close_timeout", close_timeout)
         self.max_head_size = max_head_size
         self.max_headers = max_headers
         self.max_body_size = max_body_size
@@ -131,7 +120,8 @@ class Server:
         self.backplane: Any = None
 
     # ------------------------------------------------------------------ lifecycle
-    async def _start(self, sock: socket.socket | None = None) -> None:
+    async def listen(self, sock: socket.socket | None = None) -> None:
+        """Start listening (``serve()`` calls it once)."""
         loop = self._loop
         # TLS is not handed to create_server: each Connection starts it after the
         # accept, so a handshake in progress counts against max_pending_handshakes.
@@ -485,7 +475,7 @@ async def serve(
         max_pending_handshakes=max_pending_handshakes,
         allowed_origins=allowed_origins,
     )
-    await server._start(sock)
+    await server.listen(sock)
     if backplane is not None:
         if not hasattr(backplane, "start") and callable(backplane):
             backplane = backplane()  # a factory, as run(workers=N) accepts
