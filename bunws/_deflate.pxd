@@ -74,7 +74,7 @@ cdef class Deflater:
     cdef readonly int level
     cdef readonly bint no_context_takeover
     # state
-    cdef _ZStream zs       # own stream (context takeover only), allocated lazily
+    cdef _ZStream zs       # own stream, allocated lazily (for a stateless_deflater(): the shared one)
 
     cdef bytes _compress(self, const unsigned char *data, Py_ssize_t n)
 

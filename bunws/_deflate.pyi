@@ -4,12 +4,15 @@ from typing import Final
 
 from typing_extensions import Buffer
 
-__all__ = ["Deflater", "Inflater", "DEFAULT_LEVEL", "shared_deflater_count"]
+__all__ = ["Deflater", "Inflater", "DEFAULT_LEVEL", "shared_deflater_count", "stateless_deflater"]
 
 DEFAULT_LEVEL: Final[int]
 
 def shared_deflater_count() -> int:
     """Number of module-level shared compressor streams created so far."""
+
+def stateless_deflater(window_bits: int = 15, mem_level: int = 8, level: int = ...) -> Deflater:
+    """The one module-level ``Deflater(no_context_takeover=True)`` for these parameters."""
 
 class Deflater:
     """Compress whole messages for RSV1 frames (RFC 7692 §7.2.1).

@@ -6,8 +6,9 @@ Memory model (docs/bun-behaviour.md §10, §14):
 
 * Without context takeover nothing is kept per object while idle. Every
   ``Deflater(no_context_takeover=True)`` with the same (window_bits, mem_level,
-  level) compresses through one module-level z_stream (Bun's "shared
-  compressor"); every ``Inflater(no_context_takeover=True)`` inflates single-frame
+  level) compresses through the stream of one module-level object,
+  ``stateless_deflater(...)`` (Bun's "shared compressor"; negotiation hands that
+  object itself to every such connection, so a publish compresses once); every ``Inflater(no_context_takeover=True)`` inflates single-frame
   messages through one module-level 15-bit z_stream, and holds a private z_stream
   only while a fragmented message is in progress.
 * With context takeover the object owns its z_stream, allocated on first use.
@@ -46,7 +47,7 @@ cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
 
-__all__ = ["Deflater", "Inflater", "DEFAULT_LEVEL", "shared_deflater_count"]
+__all__ = ["Deflater", "Inflater", "DEFAULT_LEVEL", "shared_deflater_count", "stateless_deflater"]
 
 # uWebSockets' DeflationStream (the engine under Bun) calls deflateInit2 with
 # Z_DEFAULT_COMPRESSION, i.e. level 6; we default to the same so that compressed
@@ -127,18 +128,27 @@ cdef class _ZStream:
             self.ready = False
 
 
-# Module-level shared streams (see the module docstring).
-cdef dict _shared_deflaters = {}     # (window_bits, mem_level, level) -> _ZStream
+# The one cache of stateless compressors (see the module docstring):
+# (window_bits, mem_level, level) -> the Deflater whose stream they all use.
+cdef dict _stateless_deflaters = {}
 cdef _ZStream _shared_inflater = None
 
 
-cdef _ZStream _get_shared_deflater(int window_bits, int mem_level, int level):
+def stateless_deflater(window_bits=15, mem_level=8, level=DEFAULT_LEVEL):
+    """The module-level ``Deflater(no_context_takeover=True)`` for these parameters."""
     key = (window_bits, mem_level, level)
-    zs = _shared_deflaters.get(key)
-    if zs is None:
-        zs = _ZStream(True, window_bits, mem_level, level)
-        _shared_deflaters[key] = zs
-    return <_ZStream>zs
+    deflater = _stateless_deflaters.get(key)
+    if deflater is None:
+        deflater = _stateless_deflaters[key] = Deflater(
+            window_bits, mem_level, level, no_context_takeover=True)
+    return deflater
+
+
+cdef _ZStream _stateless_stream(Deflater d):
+    cdef Deflater owner = stateless_deflater(d.window_bits, d.mem_level, d.level)
+    if owner.zs is None:
+        owner.zs = _ZStream(True, d.window_bits, d.mem_level, d.level)
+    return owner.zs
 
 
 cdef _ZStream _get_shared_inflater():
@@ -151,7 +161,7 @@ cdef _ZStream _get_shared_inflater():
 
 def shared_deflater_count():
     """Number of module-level shared compressor streams created so far (for tests)."""
-    return len(_shared_deflaters)
+    return sum(1 for d in _stateless_deflaters.values() if (<Deflater>d).zs is not None)
 
 
 cdef class Deflater:
@@ -180,8 +190,9 @@ cdef class Deflater:
 
     @property
     def holds_zlib_state(self):
-        """True when this object owns an allocated z_stream."""
-        return self.zs is not None and self.zs.ready
+        """True when this object owns an allocated per-connection z_stream (a
+        stateless one never does: its stream is the module's)."""
+        return not self.no_context_takeover and self.zs is not None and self.zs.ready
 
     def compress(self, data):
         """Compress one whole message.
@@ -229,7 +240,7 @@ cdef class Deflater:
             # Z_SYNC_FLUSH. An empty stored block never changes the window.
             return b"\x00"
         if self.no_context_takeover:
-            zs = _get_shared_deflater(self.window_bits, self.mem_level, self.level)
+            zs = _stateless_stream(self)
         else:
             if self.zs is None:
                 self.zs = _ZStream(True, self.window_bits, self.mem_level, self.level)

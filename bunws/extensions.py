@@ -73,7 +73,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ._deflate import Deflater, Inflater
+from ._deflate import Deflater, Inflater, stateless_deflater
 from .errors import InvalidArgument, InvalidType
 
 __all__ = [
@@ -362,9 +362,6 @@ class DeflateConfig:
 
 # -- negotiation -------------------------------------------------------------
 
-_shared_deflaters: dict[tuple[int, int, int], Deflater] = {}
-
-
 def shared_deflater(
     window_bits: int = 15, mem_level: int = 8, level: int | None = None
 ) -> Deflater:
@@ -372,14 +369,10 @@ def shared_deflater(
 
     Bun's shared compressor is the 15-bit, memLevel 8 one. Every connection that
     negotiated ``server_no_context_takeover`` with the same parameters gets the same
-    object, so a publish compresses once for all of them; it holds no per-connection
-    state.
+    object (``_deflate.stateless_deflater`` keeps the one cache), so a publish
+    compresses once for all of them; it holds no per-connection state.
     """
-    key = (window_bits, mem_level, COMPRESSION_LEVEL if level is None else level)
-    deflater = _shared_deflaters.get(key)
-    if deflater is None:
-        deflater = _shared_deflaters[key] = Deflater(*key, no_context_takeover=True)
-    return deflater
+    return stateless_deflater(window_bits, mem_level, COMPRESSION_LEVEL if level is None else level)
 
 
 @dataclass(frozen=True)

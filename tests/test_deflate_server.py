@@ -557,9 +557,8 @@ async def test_publish_to_mixed_receivers_shared_mode(monkeypatch: pytest.Monkey
             return getattr(real, name)
 
     # The shared compressor is looked up per connection at upgrade time.
-    monkeypatch.setitem(
-        bunws.extensions._shared_deflaters, (15, 8, bunws.extensions.COMPRESSION_LEVEL), Counting()
-    )
+    counting = Counting()
+    monkeypatch.setattr(bunws.extensions, "shared_deflater", lambda *a, **k: counting)
     echo = _resubscribing(Echo(per_message_deflate=True))
     async with running(echo.handler) as server:
         d1 = await RawClient.connect(server.port, extensions=PMD)
@@ -781,8 +780,16 @@ async def test_no_context_takeover_receivers_share_one_compression(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
 
-    # A fresh cache of stateless compressors, built through the counting wrapper.
-    monkeypatch.setattr(bunws.extensions, "_shared_deflaters", {})
+    # Every compressor the negotiation hands out, shared or per connection, is
+    # wrapped (one wrapper per shared compressor, so sharing stays visible).
+    real_shared = bunws.extensions.shared_deflater
+    wrapped: dict[int, Counting] = {}
+
+    def counting_shared(*a: Any, **k: Any) -> Counting:
+        real = real_shared(*a, **k)
+        return wrapped.setdefault(id(real), Counting(real))
+
+    monkeypatch.setattr(bunws.extensions, "shared_deflater", counting_shared)
     monkeypatch.setattr(bunws.extensions, "Deflater", lambda *a, **k: Counting(real_cls(*a, **k)))
     echo = _resubscribing(Echo(per_message_deflate=MODES[mode]))
     async with running(echo.handler) as server:
