@@ -49,9 +49,8 @@ cdef extern from "Python.h":
 
 __all__ = ["Deflater", "Inflater", "DEFAULT_LEVEL", "shared_deflater_count", "stateless_deflater"]
 
-# uWebSockets' DeflationStream (the engine under Bun) calls deflateInit2 with
-# Z_DEFAULT_COMPRESSION, i.e. level 6; we default to the same so that compressed
-# sizes match Bun's. Pass level=1 for ~2x faster compression of text.
+# The codec's own default is zlib's (level 6, what Bun's engine uses); the server's
+# default (extensions.COMPRESSION_LEVEL, 1) is chosen for CPU instead, per connection.
 DEFAULT_LEVEL = -1
 
 cdef enum:

@@ -71,6 +71,8 @@ cdef class FrameParser:
 
     cdef int _parse(self, const uint8_t *p, Py_ssize_t n, list out) except -1
     cdef int _header(self, const uint8_t *h, Py_ssize_t avail) except -1
+    cdef int _start_control(self, bint rsv1) except -1
+    cdef int _start_data(self, int op, bint rsv1, Py_ssize_t avail) except -1
     cdef int _grow_payload(self, Py_ssize_t need) except -1
     cdef int _frame_done(self, list out) except -1
     cdef int _emit_control(self, list out) except -1

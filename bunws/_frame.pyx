@@ -506,11 +506,9 @@ cdef class FrameParser:
         """
         cdef uint8_t b0 = h[0], b1 = h[1]
         cdef int op = b0 & 0x0F
-        cdef bint fin = (b0 & 0x80) != 0
-        cdef bint rsv1 = (b0 & 0x40) != 0
         cdef bint masked = (b1 & 0x80) != 0
         cdef uint64_t length = b1 & 0x7F
-        cdef Py_ssize_t off = 2, L
+        cdef Py_ssize_t off = 2
         cdef int k
         if b0 & 0x30:
             return self._fail(1002, R_RSV23)
@@ -528,29 +526,36 @@ cdef class FrameParser:
             off = 10
             if length >> 63:
                 return self._fail(1002, R_LENGTH)
-        L = <Py_ssize_t>length
         if masked:
             memcpy(self.mask, h + off, 4)
         self.f_opcode = op
-        self.f_fin = fin
+        self.f_fin = (b0 & 0x80) != 0
         self.f_masked = masked
-        self.f_len = L
+        self.f_len = <Py_ssize_t>length
         self.f_done = 0
-
         if op >= 8:
-            # control frame (RFC 6455 §5.5)
-            if rsv1:
-                return self._fail(1002, R_RSV1)
-            if L > 125:
-                return self._fail(1002, R_CTRL_BIG)
-            if not fin:
-                return self._fail(1002, R_CTRL_FRAG)
-            self.sink = SINK_CTRL
-            self.f_dst = self.ctrl
-            self.f_cap = L
-            self.state = ST_PAYLOAD
-            return 0
+            self._start_control((b0 & 0x40) != 0)
+        else:
+            self._start_data(op, (b0 & 0x40) != 0, avail)
+        self.state = ST_PAYLOAD
+        return 0
 
+    cdef int _start_control(self, bint rsv1) except -1:
+        """A control frame (RFC 6455 §5.5): small, whole, never compressed."""
+        if rsv1:
+            return self._fail(1002, R_RSV1)
+        if self.f_len > 125:
+            return self._fail(1002, R_CTRL_BIG)
+        if not self.f_fin:
+            return self._fail(1002, R_CTRL_FRAG)
+        self.sink = SINK_CTRL
+        self.f_dst = self.ctrl
+        self.f_cap = self.f_len
+        return 0
+
+    cdef int _start_data(self, int op, bint rsv1, Py_ssize_t avail) except -1:
+        """A data frame: message bookkeeping, limits, then where its payload goes."""
+        cdef Py_ssize_t L = self.f_len
         if op == 0:
             if not self.m_open:
                 return self._fail(1002, R_CONT)
@@ -570,7 +575,6 @@ cdef class FrameParser:
         self.m_fragments += 1
         if self.m_fragments > self.max_fragments:
             return self._fail(1008, R_FRAGMENTS)
-
         if self.m_compressed:
             # The inflated total is checked against the remaining budget by the
             # inflater; the compressed frame itself is checked here, from the header.
@@ -581,7 +585,7 @@ cdef class FrameParser:
         else:
             if L > self.max_payload_length - self.m_len:
                 raise MessageTooBig()
-            if fin and op == BINARY:
+            if self.f_fin and op == BINARY:
                 # single-frame binary message: unmask straight into the result
                 self.sink = SINK_BYTES
                 start_frame_object(self, first_reserve(L, avail))
@@ -590,7 +594,6 @@ cdef class FrameParser:
                 self.sink = SINK_MSG
                 self.f_dst = self.msg + self.m_len
                 self.f_cap = self.msg_cap - self.m_len
-        self.state = ST_PAYLOAD
         return 0
 
     cdef int _grow_payload(self, Py_ssize_t need) except -1:

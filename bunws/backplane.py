@@ -476,6 +476,7 @@ class RedisBackplane(Backplane):
         return pool.make_connection(), pool.make_connection()
 
     async def _run(self) -> None:
+        """Connect, serve one session until it fails, back off, again (until close)."""
         backoff = self.backoff_initial
         assert self._connected_event is not None
         if self._down_since is None:
@@ -489,79 +490,101 @@ class RedisBackplane(Backplane):
                 self._conns = (sub, pub)
                 await asyncio.wait_for(sub.connect(), self.connect_timeout + 1)
                 await asyncio.wait_for(pub.connect(), self.connect_timeout + 1)
-                # The new connection's subscriptions are exactly _wanted; from
-                # here on, changes to it are sent as they come.
-                assert self._control_event is not None
-                self._dirty.clear()
-                self._control_event.clear()
-                self._confirmed.clear()
-                channels = list(self._wanted)
-                self._sent = set(channels)
-                if self.sharded:
-                    # One channel per SSUBSCRIBE: a cluster refuses channels of
-                    # different slots in one command.
-                    commands = [(self._cmd_sub, c) for c in channels]
-                else:
-                    commands = [(self._cmd_sub, *channels[i : i + 512]) for i in range(0, len(channels), 512)]
-                if commands:
-                    await sub.send_packed_command(sub.pack_commands(commands), check_health=False)
-                downtime = time.monotonic() - self._down_since
-                self._down_since = None
+                await self._resubscribe(sub)
+                self._mark_connected(first)
+                first = False
                 backoff = self.backoff_initial
-                self._connected_event.set()
-                if first:
-                    first = False
-                    logger.debug("bunws backplane: connected to %s", _safe_url(self.url))
-                else:
-                    self._report_gap(downtime)
-                loop = asyncio.get_running_loop()
-                tasks = [
-                    loop.create_task(self._reader(sub)),
-                    loop.create_task(self._controller(sub)),
-                    loop.create_task(self._publisher(pub)),
-                ]
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    exc = t.exception()
-                    if exc is not None:
-                        raise exc
-                raise _Down("session ended")
+                tasks = self._session_tasks(sub, pub)
+                await self._until_one_fails(tasks)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._connected_event.is_set():
-                    self._connected_event.clear()
-                    self._down_since = time.monotonic()
-                    logger.warning(
-                        "bunws backplane: lost Redis at %s (%s); messages are lost until it is back",
-                        _safe_url(self.url),
-                        exc or type(exc).__name__,
-                    )
-                elif not first or backoff >= self.backoff_max:
-                    logger.debug("bunws backplane: reconnect failed: %r", exc)
+                self._mark_down(exc, quiet=first and backoff < self.backoff_max)
             finally:
-                self._connected_event.clear()
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    try:
-                        await t
-                    except BaseException:
-                        pass
-                for conn in (sub, pub):
-                    if conn is not None:
-                        try:
-                            await conn.disconnect(nowait=True)
-                        except Exception:
-                            pass
-                self._confirmed.clear()
-                self._sent = None
-                self._dirty.clear()
-                self._conns = ()
+                await self._end_session(tasks, (sub, pub))
             if self._closing:
                 break
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, self.backoff_max)
+
+    async def _resubscribe(self, sub: Any) -> None:
+        """The new connection's subscriptions are exactly ``_wanted``; from here on,
+        changes to it are sent as they come."""
+        assert self._control_event is not None
+        self._dirty.clear()
+        self._control_event.clear()
+        self._confirmed.clear()
+        channels = list(self._wanted)
+        self._sent = set(channels)
+        if self.sharded:
+            # One channel per SSUBSCRIBE: a cluster refuses channels of different
+            # slots in one command.
+            commands = [(self._cmd_sub, c) for c in channels]
+        else:
+            commands = [(self._cmd_sub, *channels[i : i + 512]) for i in range(0, len(channels), 512)]
+        if commands:
+            await sub.send_packed_command(sub.pack_commands(commands), check_health=False)
+
+    def _mark_connected(self, first: bool) -> None:
+        assert self._connected_event is not None and self._down_since is not None
+        downtime = time.monotonic() - self._down_since
+        self._down_since = None
+        self._connected_event.set()
+        if first:
+            logger.debug("bunws backplane: connected to %s", _safe_url(self.url))
+        else:
+            self._report_gap(downtime)
+
+    def _session_tasks(self, sub: Any, pub: Any) -> list[asyncio.Task[None]]:
+        loop = asyncio.get_running_loop()
+        return [
+            loop.create_task(self._reader(sub)),
+            loop.create_task(self._controller(sub)),
+            loop.create_task(self._publisher(pub)),
+        ]
+
+    @staticmethod
+    async def _until_one_fails(tasks: list[asyncio.Task[None]]) -> None:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        raise _Down("session ended")
+
+    def _mark_down(self, exc: Exception, quiet: bool) -> None:
+        assert self._connected_event is not None
+        if self._connected_event.is_set():
+            self._connected_event.clear()
+            self._down_since = time.monotonic()
+            logger.warning(
+                "bunws backplane: lost Redis at %s (%s); messages are lost until it is back",
+                _safe_url(self.url),
+                exc or type(exc).__name__,
+            )
+        elif not quiet:
+            logger.debug("bunws backplane: reconnect failed: %r", exc)
+
+    async def _end_session(self, tasks: list[asyncio.Task[None]], conns: tuple[Any, Any]) -> None:
+        assert self._connected_event is not None
+        self._connected_event.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except BaseException:
+                pass
+        for conn in conns:
+            if conn is not None:
+                try:
+                    await conn.disconnect(nowait=True)
+                except Exception:
+                    pass
+        self._confirmed.clear()
+        self._sent = None
+        self._dirty.clear()
+        self._conns = ()
 
     def _report_gap(self, downtime: float) -> None:
         self.stats["gaps"] += 1

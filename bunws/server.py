@@ -66,11 +66,7 @@ class Server:
     ) -> None:
         if not callable(fetch):
             raise InvalidType("fetch must be callable")
-        if websocket is not None and not isinstance(websocket, WebSocketHandler):
-            if isinstance(websocket, Mapping):
-                websocket = WebSocketHandler(**websocket)
-            else:
-                raise InvalidType("websocket must be a WebSocketHandler or a dict of its options")
+        websocket = _websocket_handler(websocket)
         if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
             raise InvalidType("ssl must be an ssl.SSLContext")
         for name, value in (
@@ -332,41 +328,39 @@ class Server:
                 raise HandshakeError(503, "server is shutting down")
             self._check_origin(req)
         except HandshakeError as exc:
-            if exc.status == 426:
-                conn.replace_answer(simple_response(426, [("Sec-WebSocket-Version", "13")], body=False))
-            elif exc.status in (403, 503):
-                conn.replace_answer(simple_response(exc.status))
+            answer = _server_answer(exc.status)
+            if answer is not None:
+                conn.replace_answer(answer)
             return False
-        handler = self._websocket
-        agreement = None
-        if handler.deflate is not None:
-            agreement = negotiate(handler.deflate, req.headers.get("sec-websocket-extensions"))
+        agreement = self._negotiate_compression(req)
         subprotocol, kept_headers = _subprotocol_and_headers(req, user_headers)
-        head = build_101(
-            key, kept_headers, subprotocol, agreement.response if agreement is not None else None
-        )
-        inflater = deflater = None
-        shared_deflate = False
-        if agreement is not None:
-            inflater = agreement.make_inflater()
-            if agreement.compress_enabled:
-                deflater = agreement.make_deflater()
-                shared_deflate = agreement.shared_deflate
-        parser = FrameParser(
-            server=True,
-            max_payload_length=handler.max_payload_length,
-            max_fragments=handler.max_fragments,
-            inflater=inflater,
-        )
+        extensions = agreement.response if agreement is not None else None
+        head = build_101(key, kept_headers, subprotocol, extensions)
+        deflater = agreement.make_deflater() if agreement is not None else None
         session = WebSocketSession(
-            conn, conn.transport, self, parser, data,
+            conn, conn.transport, self, self._frame_parser(agreement), data,
             subprotocol=subprotocol,
-            extensions=agreement.response if agreement is not None else None,
+            extensions=extensions,
             deflater=deflater,
-            shared_deflate=shared_deflate,
+            shared_deflate=agreement is not None and deflater is not None and agreement.shared_deflate,
         )
         conn.upgrade(req, head, session)
         return True
+
+    def _negotiate_compression(self, req: Request) -> Any:
+        config = self._websocket.deflate
+        if config is None:
+            return None
+        return negotiate(config, req.headers.get("sec-websocket-extensions"))
+
+    def _frame_parser(self, agreement: Any) -> FrameParser:
+        handler = self._websocket
+        return FrameParser(
+            server=True,
+            max_payload_length=handler.max_payload_length,
+            max_fragments=handler.max_fragments,
+            inflater=agreement.make_inflater() if agreement is not None else None,
+        )
 
     def _check_origin(self, req: Request) -> None:
         allowed = self.allowed_origins
@@ -403,6 +397,25 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<bunws.Server {self.url} websockets={self._pending_websockets}>"
+
+
+def _websocket_handler(websocket: Any) -> WebSocketHandler | None:
+    """``serve()``'s ``websocket`` argument: a handler, a dict of its options, or None."""
+    if websocket is None or isinstance(websocket, WebSocketHandler):
+        return websocket
+    if isinstance(websocket, Mapping):
+        return WebSocketHandler(**websocket)
+    raise InvalidType("websocket must be a WebSocketHandler or a dict of its options")
+
+
+def _server_answer(status: int) -> bytes | None:
+    """What the server answers itself for a refused upgrade (Bun's 426), if anything:
+    a 400 leaves the answer to ``fetch``."""
+    if status == 426:
+        return simple_response(426, [("Sec-WebSocket-Version", "13")], body=False)
+    if status in (403, 503):
+        return simple_response(status)
+    return None
 
 
 def _subprotocol_and_headers(
