@@ -6,6 +6,7 @@ the same precise :class:`~bunws.InvalidType` / :class:`~bunws.InvalidArgument`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ._wscore import as_bytes
@@ -29,7 +30,9 @@ def check_compress(compress: Any) -> None:
 
 
 def positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # NaN compares false with everything: it would make every deadline fire at once
+    # or never; infinity is no timeout at all.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
     return float(value)
 

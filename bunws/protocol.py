@@ -18,6 +18,8 @@ import httptools
 
 from .http import Headers, Request, Response, build_response, check_host, simple_response
 
+from .session import SessionState
+
 if TYPE_CHECKING:
     from .server import Server
     from .session import WebSocketSession
@@ -248,8 +250,9 @@ class Connection(asyncio.BufferedProtocol):
         self.session = None
 
     def shutdown(self, close_active: bool) -> None:
-        """``Server.stop()``: idle HTTP connections close now (busy ones answer
-        first, then 503 to what is still queued); WebSockets get 1001."""
+        """``Server.stop()``: idle HTTP connections close now; a busy one sends its
+        answer with ``Connection: close`` (requests not yet answered get 503 while
+        answers cannot be written); WebSockets get 1001."""
         if self.phase is HTTP:
             if self._tls_pending or self._http_idle():
                 self._close_http()
@@ -545,7 +548,7 @@ class Connection(asyncio.BufferedProtocol):
         held = self._early_bytes
         session = self.session
         wanted = (
-            (session is not None and session.paused)
+            (session is not None and session.paused and session.state is SessionState.OPEN)
             or self._unparsed is not None
             or self._write_blocked
             or (held is not None and len(held) >= HOLD_LIMIT)

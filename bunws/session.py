@@ -184,6 +184,8 @@ class WebSocketSession:
     def _closing(self) -> None:
         self.state = SessionState.CLOSING
         self.deadline = self.server.clock() + self.server.close_timeout
+        # A paused socket must still read the peer's Close answer and its FIN.
+        self.conn.update_reading()
 
     def _half_close(self) -> None:
         transport = self.transport
@@ -240,7 +242,8 @@ class WebSocketSession:
             return
         self.paused = True
         self.ws.hold_inbound(True)
-        self.backlog = []
+        if self.backlog is None:  # else a replay is still due: keep its events first
+            self.backlog = []
         self.conn.update_reading()
 
     def resume(self) -> None:
@@ -252,17 +255,20 @@ class WebSocketSession:
         if self.state is not SessionState.OPEN:
             return
         self.conn.update_reading()
+        if self.backlog:
+            # Not inside the caller's stack (resume() may be called from a handler).
+            # The backlog stays the place where reads land until the replay runs, so
+            # a read that comes first (uvloop may read before it) queues behind it.
+            self.server.loop.call_soon(self._replay_backlog)
+        else:
+            self.backlog = None
+
+    def _replay_backlog(self) -> None:
+        if self.state is not SessionState.OPEN or self.paused:
+            return  # closed meanwhile, or paused again: the backlog waits for resume()
         backlog, self.backlog = self.backlog, None
         if backlog:
-            # Not inside the caller's stack: resume() may be called from a handler.
-            self.server.loop.call_soon(self._dispatch_backlog, backlog)
-
-    def _dispatch_backlog(self, backlog: list[Any]) -> None:
-        if self.state is SessionState.OPEN:
-            if self.paused:
-                self.backlog = backlog + (self.backlog or [])
-            else:
-                dispatch(self.ws, backlog, self)
+            dispatch(self.ws, backlog, self)
 
     # ================================================================ timers
     def check_timers(self, now: float) -> None:

@@ -74,13 +74,6 @@ async def test_bad_option_raises_before_listening(options: dict, error: type, me
     assert message in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="arguments.positive_number() accepts NaN (NaN <= 0 is False): with "
-    "handshake_timeout=nan every HTTP connection is closed at its first timer check "
-    "(now < nan is False); with close_timeout=nan stop() gives up at once "
-    "(wait_for(nan) times out) and a CLOSING session is never aborted (now >= nan is False)",
-)
 @pytest.mark.parametrize("name", ["handshake_timeout", "close_timeout"])
 async def test_nan_timeouts_are_refused(name: str) -> None:
     with pytest.raises(InvalidArgument, match=f"{name} must be a positive number"):

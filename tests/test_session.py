@@ -370,14 +370,6 @@ async def test_resume_then_pause_before_the_replay_keeps_the_order() -> None:
     assert app.events == ["open", "pause", "1", "2", "3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.resume() re-dispatches the backlog with call_soon but sets backlog=None "
-    "at once, so a read delivered before that callback runs is dispatched ahead of the "
-    "held events. uvloop does exactly that when resume() is called from a ready callback "
-    "(a task, call_soon): its poll phase reads right after, so messages 2,3 held by "
-    "pause() arrive after message 4 (1,4,2,3 on a loopback socket; asyncio gives 1,2,3,4).",
-)
 async def test_a_read_right_after_resume_comes_after_the_held_events() -> None:
     app = App()
     server, conn, t, ws = open_ws(app.handler())
@@ -388,13 +380,6 @@ async def test_a_read_right_after_resume_comes_after_the_held_events() -> None:
     assert app.events == ["open", "1", "pause", "2", "3", "4"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="closing a paused socket leaves the transport's reading paused (_finish and "
-    "resume() in CLOSING never call conn.update_reading()), so the peer's Close answer "
-    "and FIN are never read: on a loopback socket the server lets go only when "
-    "close_timeout aborts it (3.0 s with close_timeout=3 instead of 0.01 s unpaused)",
-)
 @pytest.mark.parametrize("then_resume", [False, True])
 async def test_closing_a_paused_socket_reads_the_peers_answer(then_resume: bool) -> None:
     app = App()
