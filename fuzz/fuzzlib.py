@@ -217,3 +217,78 @@ def parse_http_output(data: bytes) -> tuple[list[tuple[int, dict[str, str]]], by
         assert len(data) - i >= length, ("truncated body", length, len(data) - i)
         i += length
     return responses, b""
+
+
+def split_http_responses(
+    data: bytes, no_body: Callable[[int], bool], allow_partial: bool = False
+) -> tuple[list[tuple[int, int, dict[str, str], bytes]], bytes, bool]:
+    """Split HTTP-phase output into ``(position, status, headers, body)`` responses.
+
+    Unlike :func:`parse_http_output` it needs no guess about HEAD answers: ``no_body(p)``
+    says whether the ``p``-th final answer (1xx interim answers other than 101 are not
+    counted) has no body although it has a Content-Length (it answers a HEAD request). ``position`` is that count, so a ``100 Continue``
+    carries the position of the final answer it precedes. Returns the responses, what
+    follows a ``101`` and whether the data ended inside a response, which only
+    ``allow_partial`` accepts (an aborted transport drops what was not read).
+    """
+    out: list[tuple[int, int, dict[str, str], bytes]] = []
+    data = bytes(data)
+    i, position = 0, 0
+    while i < len(data):
+        end = data.find(b"\r\n\r\n", i)
+        if end < 0 and allow_partial:  # a head cut short: still the start of a status line
+            tail = data[i:i + 9]
+            assert b"HTTP/1.1 ".startswith(tail), ("not an HTTP/1.1 status line", data[i:i + 40])
+            return out, b"", True
+        assert data.startswith(b"HTTP/1.1 ", i), ("not an HTTP/1.1 status line", data[i:i + 40])
+        status_txt = data[i + 9:i + 12]
+        assert status_txt.isdigit() and data[i + 12:i + 13] == b" ", ("bad status", data[i:i + 40])
+        assert end >= 0, ("incomplete response head", data[i:i + 200])
+        lines = data[i:end].decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            assert sep and name and name == name.strip(), ("bad header line", line)
+            assert name.lower() not in headers, ("repeated header", name)
+            headers[name.lower()] = value.strip()
+        status = int(status_txt)
+        i = end + 4
+        if status == 101:
+            out.append((position, status, headers, b""))
+            return out, data[i:], False
+        if 100 <= status < 200:
+            out.append((position, status, headers, b""))
+            continue
+        body = b""
+        if status not in (204, 304):
+            assert "content-length" in headers, ("response without Content-Length", lines)
+            length = int(headers["content-length"])
+            if not no_body(position):
+                if len(data) - i < length:
+                    assert allow_partial, ("truncated body", length, len(data) - i)
+                    return out, b"", True
+                body = data[i:i + length]
+                i += length
+        out.append((position, status, headers, body))
+        position += 1
+    return out, b"", False
+
+
+def whole_frames_prefix(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` made of whole (unmasked) frames: what an
+    aborted connection delivered before it was cut, for :func:`parse_server_frames`."""
+    i, n = 0, len(data)
+    while n - i >= 2:
+        length, head = data[i + 1] & 0x7F, 2
+        if length == 126:
+            head = 4
+        elif length == 127:
+            head = 10
+        if n - i < head:
+            break
+        if head > 2:
+            length = int.from_bytes(data[i + 2:i + head], "big")
+        if n - i < head + length:
+            break
+        i += head + length
+    return i

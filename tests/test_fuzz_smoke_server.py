@@ -1,10 +1,17 @@
-"""Smoke run of the server-level fuzz targets (fuzz/fuzz_handshake.py, fuzz/fuzz_topics.py).
+"""Smoke run of the server-level fuzz targets (fuzz/fuzz_handshake.py, fuzz/fuzz_topics.py,
+fuzz/fuzz_http_pipeline.py).
 
 Each target drives real ``bunws.protocol.Connection`` objects on stub transports
 inside its own event loop (servers started once per process, never connected to).
 Here each runs over its seeds and a bounded number of hypothesis-generated inputs
-(about 10 s for both on 2 shared cores), so CI exercises the harnesses and their
+(about 30 s for the three on 2 shared cores), so CI exercises the harnesses and their
 oracles without atheris. Long coverage-guided runs: see fuzz/README.md.
+
+fuzz_http_pipeline raises ``KnownFinding`` for a run that is wrong only the way a
+reported, still open bunws bug makes it (its docstring lists them): generated inputs
+that show one are counted and reported as a warning, any other failure fails; each
+labelled seed must keep showing its finding, so a fix makes
+``test_open_findings_still_show`` fail until the label is removed.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 FUZZ_DIR = Path(__file__).resolve().parent.parent / "fuzz"
-TARGETS = ("fuzz_handshake", "fuzz_topics")
-EXAMPLES = {"fuzz_handshake": 5000, "fuzz_topics": 5000}
+TARGETS = ("fuzz_handshake", "fuzz_topics", "fuzz_http_pipeline")
+EXAMPLES = {"fuzz_handshake": 5000, "fuzz_topics": 5000, "fuzz_http_pipeline": 2000}
 
 INPUTS = st.one_of(
     st.binary(max_size=800),
@@ -41,25 +50,53 @@ def target(request):
     module.shutdown()
 
 
+def _labelled(module) -> dict[bytes, str]:
+    """Seeds that show an open finding (fuzz_http_pipeline.SEEDS), by input."""
+    return {data: letter for data, letter in getattr(module, "SEEDS", ()) if letter}
+
+
 def test_seeds_and_generated_inputs(target):
     name, module = target
+    labelled = _labelled(module)
     for seed in module.seeds():
-        module.test_one_input(seed)
+        if seed not in labelled:  # those are checked by test_open_findings_still_show
+            module.test_one_input(seed)
+
+    known = getattr(module, "KnownFinding", ())
+    shown: Counter[str] = Counter()
 
     @settings(max_examples=EXAMPLES[name], deadline=None, derandomize=True,
               database=None, suppress_health_check=list(HealthCheck))
     @given(INPUTS)
     def run(data):
-        module.test_one_input(data)
+        try:
+            module.test_one_input(data)
+        except known as exc:  # wrong only as an open finding makes it: counted, not failed
+            shown[exc.letters] += 1
 
     run()
+    if shown:
+        warnings.warn(f"{name}: generated inputs showing open findings: {dict(shown)}", stacklevel=1)
+
+
+@pytest.mark.parametrize("target", ["fuzz_http_pipeline"], indirect=True)
+def test_open_findings_still_show(target):
+    """Each labelled seed still fails with its finding; once bunws is fixed this fails:
+    then set that seed's label to None in SEEDS (and drop the finding's allowance)."""
+    _, module = target
+    labelled = _labelled(module)
+    assert labelled
+    for data, letter in labelled.items():
+        with pytest.raises(module.KnownFinding) as info:
+            module.execute(module.decode(data))
+        assert letter in info.value.letters, (letter, str(info.value))
 
 
 def test_handshake_oracles_catch_a_bad_server_output():
     """The output parsers reject what the targets must flag."""
     if str(FUZZ_DIR) not in sys.path:
         sys.path.insert(0, str(FUZZ_DIR))
-    from fuzzlib import parse_http_output, parse_server_frames
+    from fuzzlib import parse_http_output, parse_server_frames, split_http_responses
 
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x02hi"
     responses, rest = parse_http_output(ok)
@@ -74,3 +111,13 @@ def test_handshake_oracles_catch_a_bad_server_output():
                 b"\x81\x05hi", b"\x80\x00", b"\xc1\x00"):
         with pytest.raises(AssertionError):
             parse_server_frames(bad)
+    # split_http_responses: positions of 100 Continue, HEAD answers without a body, a cut tail
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    data = b"HTTP/1.1 100 Continue\r\n\r\n" + head + b"abc" + head + b"HTTP/1.1 101 S\r\n\r\n\x81\x00"
+    responses, rest, cut = split_http_responses(data, lambda p: p == 1)
+    assert [(p, s, b) for p, s, _, b in responses] == [(0, 100, b""), (0, 200, b"abc"), (1, 200, b""), (2, 101, b"")]
+    assert rest == b"\x81\x00" and not cut
+    assert split_http_responses(head + b"a", lambda p: False, allow_partial=True)[2]
+    for bad in (head + b"a", head + b"abcX", head + head):  # truncated, junk after, HEAD guessed wrong
+        with pytest.raises(AssertionError):
+            split_http_responses(bad, lambda p: False)
