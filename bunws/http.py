@@ -416,11 +416,16 @@ def build_response(response: Response, *, keep_alive: bool, head_only: bool = Fa
 
 
 def simple_response(
-    status: int, extra: list[tuple[str, str]] | None = None, *, body: bool = True
+    status: int,
+    extra: list[tuple[str, str]] | None = None,
+    *,
+    body: bool = True,
+    head_only: bool = False,
 ) -> bytes:
     """An answer the server gives on its own (400, 413, 426, 431, 503 ...), then closes.
 
-    The body is the reason phrase; Bun's 426 has an empty body (``body=False``).
+    The body is the reason phrase; Bun's 426 has an empty body (``body=False``). The
+    answer to a HEAD request (``head_only``) has the same head and no body (RFC 9110 §9.3.2).
     """
     payload = _reason(status).encode() if body else b""
     lines = [f"HTTP/1.1 {status} {_reason(status)}"]
@@ -430,4 +435,5 @@ def simple_response(
     if payload:
         lines.append("Content-Type: text/plain;charset=utf-8")
     lines.append(f"Content-Length: {len(payload)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + payload

@@ -334,13 +334,19 @@ class Connection(asyncio.BufferedProtocol):
         return -1
 
     def _refuse(self, status: int) -> None:
-        """Queue the server's own refusal behind the answers still owed; parse no more."""
-        if self._http is None or self._queue is None:
+        """Queue the server's own refusal behind the answers still owed; parse no more.
+
+        The queue entry is ``(status, head_only)``: a refused HEAD gets no body."""
+        parser = self._http
+        if parser is None or self._queue is None:
             return
+        # The method is this request's once on_url ran (before that llhttp still
+        # reports the previous request's).
+        head_only = bool(self._url) and parser.get_method() == b"HEAD"
         self._http = None
         self._unparsed = None
         self._continue_due = False
-        self._queue.append((status, False))
+        self._queue.append((status, head_only))
 
     # httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -447,16 +453,21 @@ class Connection(asyncio.BufferedProtocol):
         """Run ``fetch`` for queued requests, one at a time, in order."""
         queue = self._queue
         while queue and not self._fetch_running and not self._write_blocked and self.phase == HTTP:
+            if self.transport.is_closing():
+                # Aborted (a timeout) or closing: nothing more may be answered, so
+                # nothing more may be run either.
+                self._close_http()
+                return
             item, keep_alive = queue.popleft()
             if type(item) is int:
-                self._send_http(simple_response(item), close=True)
+                self._send_http(simple_response(item, head_only=keep_alive), close=True)
                 return
             assert isinstance(item, Request)
             req = item
             self._queued_body -= req.body_size
             server = self.server
             if server.stopping:
-                self._server_answer = simple_response(503)
+                self._server_answer = simple_response(503, head_only=req.method == "HEAD")
                 self._write_answer(req, None, False)
                 return
             try:
@@ -487,7 +498,7 @@ class Connection(asyncio.BufferedProtocol):
         if req.upgraded:
             self._release_early_bytes()
         elif self.phase == HTTP:
-            self._send_http(simple_response(500), close=True)
+            self._send_http(simple_response(500, head_only=req.method == "HEAD"), close=True)
 
     def _write_answer(self, req: Request, result: Any, keep_alive: bool) -> None:
         if req.upgraded:
@@ -508,21 +519,23 @@ class Connection(asyncio.BufferedProtocol):
                 logger.error(
                     "fetch() must return a Response, got %s", type(result).__name__
                 )
-            self._send_http(simple_response(500), close=True)
+            self._send_http(simple_response(500, head_only=req.method == "HEAD"), close=True)
             return
-        # A request that paused llhttp for an upgrade and was not upgraded ends the
-        # connection: the bytes after it were never parsed as HTTP.
-        close = not keep_alive or self._early_bytes is not None or self.server.stopping
+        # The request that paused llhttp for an upgrade (the last one parsed) and was
+        # not upgraded ends the connection: the bytes after it were never parsed.
+        upgrade_declined = self._early_bytes is not None and not self._queue
+        close = not keep_alive or upgrade_declined or self.server.stopping
         try:
             payload = build_response(result, keep_alive=not close, head_only=req.method == "HEAD")
         except Exception as exc:  # e.g. headers changed after the Response checked them
             logger.error("cannot send the Response for %s %s", req.method, req.target, exc_info=exc)
-            payload, close = simple_response(500), True
+            payload, close = simple_response(500, head_only=req.method == "HEAD"), True
         self._send_http(payload, close=close)
 
     def _send_http(self, payload: bytes, close: bool) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
+            self._close_http()  # nothing queued behind this answer may be run now
             return
         transport.write(payload)
         self.deadline = self.clock() + self.server.handshake_timeout
@@ -594,9 +607,16 @@ class Connection(asyncio.BufferedProtocol):
         self._unparsed = None
         self._headers = None
         self.session = session
+        # The 101 may have crossed the HTTP high-water mark (answers the client had
+        # not read yet): that blocked the HTTP phase, and the session inherits it as
+        # a full transport instead.
+        self._write_blocked = False
+        if self.transport.get_write_buffer_size():
+            session.transport_paused()
         # High-water mark 0: asyncio calls resume_writing exactly when the buffer is
         # empty again, which is when Bun fires ``drain``.
         self.transport.set_write_buffer_limits(high=0)
+        self.update_reading()
         session.opened()
         if self._early_bytes is not None:
             # An async fetch may go on awaiting after upgrade(): the frames that came

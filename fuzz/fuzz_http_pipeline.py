@@ -107,11 +107,12 @@ MAX_STEPS = 400
 
 
 class KnownFinding(AssertionError):
-    """The run is wrong exactly as reported, still open bunws bugs make it wrong.
+    """The run is wrong exactly as one of the findings below made it wrong (a regression).
 
     Raised only when the run fails the model, one of those bugs was seen to trigger, and
     the run matches in every other respect the model with that bug's effect allowed, so
-    any other deviation is still a plain AssertionError. The open findings:
+    the failure names the old bug; the smoke test fails on it like on any other
+    AssertionError. The findings, all fixed in bunws/protocol.py and bunws/http.py:
       A  a request answered while an Upgrade head behind it is already parsed gets
          ``Connection: close`` and the upgrade is never answered;
       B  the server's own answers (500, 400, 413, 431) to a HEAD request carry a body;
@@ -120,8 +121,7 @@ class KnownFinding(AssertionError):
          behind, on the aborted transport;
       D  a 101 written while unread answers keep the transport near its high-water mark
          pauses writing in the HTTP branch: the WebSocket never reads again.
-    Atheris reports it as a crash (set FUZZ_IGNORE_KNOWN=1 to look past them); the smoke
-    test counts it instead of failing.
+    Atheris reports it as a crash (FUZZ_IGNORE_KNOWN=1 looks past them).
     """
 
     def __init__(self, letters: str, message: str) -> None:
@@ -1010,8 +1010,8 @@ def seeds() -> list[bytes]:
     return [s for s, _ in SEEDS]
 
 
-# (input, the open finding it shows or None): a seed of an open finding must fail with
-# that finding until bunws is fixed (the smoke test checks both ways)
+# (input, the finding it once showed or None): the seeds of findings A-D stay, as
+# regression inputs that must now pass
 SEEDS: list[tuple[bytes, str | None]] = [
     # three sync GETs in one read, the client reads, then half-closes
     (seed([get(), get(), get()], [("read", 262144), ("drain",), ("eof",)]), None),
@@ -1039,15 +1039,15 @@ SEEDS: list[tuple[bytes, str | None]] = [
     (seed([get(), post("cl", 10), (7, 5), get()], [("read", 1)] * 200, tight=True), None),
     # finding A: a GET answered while the Upgrade head behind it is already parsed (same
     # read) gets Connection: close and the upgrade is never answered
-    (seed([get(), upgrade("U", frames=1)], [("read", 262144), ("drain",)]), "A"),
+    (seed([get(), upgrade("U", frames=1)], [("read", 262144), ("drain",)]), None),
     # finding B: fetch raises for a HEAD request; the 500 carries a body
-    (seed([get("e", head=True)], [("read", 512)]), "B"),
+    (seed([get("e", head=True)], [("read", 512)]), None),
     # candidate C: the timer aborts while an Upgrade's fetch decides; the slow fetch before
     # it fails in the same loop iteration; is fetch still called for the GET queued between?
-    (seed([get("E"), get(), upgrade("U")], [("read", 262144), ("timeout", 2.01)]), "C"),
+    (seed([get("E"), get(), upgrade("U")], [("read", 262144), ("timeout", 2.01)]), None),
     # candidate D: the 101 pushes the unread answers over the 64 KiB water mark
     (seed([get(pad=65400), upgrade("U", frames=3)],
-          [("read", 7)] * 5 + [("read", 1)] * 3 + [("read", 64)] * 2 + [("read", 7)] * 3 + [("read", 262144)]), "D"),
+          [("read", 7)] * 5 + [("read", 1)] * 3 + [("read", 64)] * 2 + [("read", 7)] * 3 + [("read", 262144)]), None),
 ]
 
 

@@ -514,3 +514,83 @@ async def test_timer_tick_logs_and_goes_on_when_one_check_raises(caplog: pytest.
                 server._connections.discard(broken)  # type: ignore[arg-type]
     assert data == b""
     assert "broken timer" in caplog.text
+
+
+# ================================================================ fuzz_http_pipeline's findings
+async def test_request_before_an_upgrade_in_the_same_read_keeps_the_connection() -> None:
+    """A: the answer to a GET pipelined before an Upgrade is not 'Connection: close'."""
+    got: list[str] = []
+    handler = bunws.WebSocketHandler(message=lambda ws, m: got.append(m))
+
+    def fetch(req: bunws.Request, server: bunws.Server) -> Any:
+        if req.path == "/ws":
+            return None if server.upgrade(req) else bunws.Response("no", status=400)
+        return bunws.Response("PLAINBODY")
+
+    async with running(handler, fetch=fetch) as server:
+        reader, writer = await open_raw(server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + RawClient.handshake_request("/ws")
+                     + wire.client(wire.TEXT, "after"))
+        async with asyncio.timeout(5):
+            first = await reader.readuntil(b"PLAINBODY")
+            second = await reader.readuntil(b"\r\n\r\n")
+        assert b"connection: close" not in first.lower()
+        assert second.startswith(b"HTTP/1.1 101 ")
+        await eventually(lambda: got == ["after"])
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"HEAD /raise HTTP/1.1\r\nHost: h\r\n\r\n", 500),
+        (b"HEAD / HTTP/1.1\r\nHost: h\r\nX: " + b"x" * 5000 + b"\r\n\r\n", 431),
+        (b"HEAD / HTTP/1.1\r\n\r\n", 400),
+    ],
+    ids=["500", "431", "400"],
+)
+async def test_the_servers_own_answers_to_head_have_no_body(raw: bytes, status: int) -> None:
+    """B: RFC 9110 §9.3.2, also for the answers the server makes itself."""
+    def fetch(req: bunws.Request, server: bunws.Server) -> bunws.Response:
+        if req.path == "/raise":
+            raise RuntimeError("boom")
+        return bunws.Response("x")
+
+    async with running(fetch=fetch, max_head_size=4096) as server:
+        reader, writer = await open_raw(server.port)
+        writer.write(raw)
+        data = await read_to_eof(reader)
+        writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert rest == b""
+
+
+@ASYNCIO_ONLY
+async def test_a_101_written_over_unread_answers_still_reads_the_websocket() -> None:
+    """D: the 101 pushing the transport over its high-water mark must not leave the
+    WebSocket unable to read once the client catches up."""
+    got: list[str] = []
+    handler = bunws.WebSocketHandler(message=lambda ws, m: got.append(m))
+    big = "p" * 60_000
+
+    def fetch(req: bunws.Request, server: bunws.Server) -> Any:
+        if req.path == "/ws":
+            return None if server.upgrade(req) else bunws.Response("no", status=400)
+        return bunws.Response(big)
+
+    async with running(handler, fetch=fetch) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + RawClient.handshake_request("/ws"))
+        await asyncio.sleep(0.3)  # the answer and the 101 wait in the server's buffer
+        data = b""
+        async with asyncio.timeout(10):
+            while b"101 Switching" not in data or not data.endswith(b"\r\n\r\n"):
+                data += await loop.sock_recv(sock, 65536)
+        await loop.sock_sendall(sock, wire.client(wire.TEXT, "hello"))
+        await eventually(lambda: got == ["hello"], timeout=5)
+        sock.close()

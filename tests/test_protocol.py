@@ -550,6 +550,29 @@ async def test_an_upgrade_fetch_that_never_decides_is_aborted_one_timeout_later(
     await spin()
 
 
+async def test_no_fetch_runs_for_requests_queued_behind_an_aborted_connection() -> None:
+    """fuzz_http_pipeline's finding C: once a timeout aborted the connection, the slow
+    fetch ahead finishing in the same loop iteration must not start the next ones."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def fetch(req: bunws.Request, server: bunws.Server) -> bunws.Response:
+        seen.append(req.path)
+        if req.path == "/slow":
+            await release.wait()
+        return bunws.Response("done")
+
+    server = make_server(fetch, bunws.WebSocketHandler(), handshake_timeout=5.0)
+    conn, t = connect(server)
+    feed(conn, get("/slow") + get("/charge") + RawClient.handshake_request("/ws", key=KEY))
+    await spin()
+    release.set()  # /slow's fetch ends in the next iteration ...
+    conn.check_timers(server.clock() + 11.0)  # ... right after this abort
+    await spin()
+    assert t.aborted
+    assert seen == ["/slow"]
+
+
 # ------------------------------------------------------------------------ upgrade
 class Recorder:
     def __init__(self) -> None:
