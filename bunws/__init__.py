@@ -15,6 +15,7 @@ from .errors import (
     MessageTooBig,
     ProtocolError,
     WebSocketError,
+    WrongThreadError,
 )
 from .http import Headers, Request, Response
 from .options import WebSocketHandler
@@ -42,6 +43,7 @@ __all__ = [
     "ServerWebSocket",
     "WebSocketError",
     "WebSocketHandler",
+    "WrongThreadError",
     "__version__",
     "run",
     "serve",

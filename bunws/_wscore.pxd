@@ -14,6 +14,7 @@ cdef class WebSocketCore:
     # wiring (set once by attach)
     cdef public object transport         # what the socket writes to (tests may wrap it)
     cdef object loop
+    cdef unsigned long loop_thread        # the thread that runs loop: the only one that may send
     cdef object on_over_limit             # called (soon) when close_on_backpressure_limit trips
     cdef readonly object deflater         # None, or a Deflater (shared or dedicated)
     cdef Py_ssize_t limit                 # backpressure_limit, 0 = none
@@ -40,4 +41,5 @@ cdef class WebSocketCore:
     cdef int check_fill(self) except -1
     cdef int over_limit(self) except -1
     cpdef flush(self)
+    cpdef check_thread(self)
     cpdef object binary(self, object payload)

@@ -19,6 +19,7 @@ actually waiting there.
 
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.unicode cimport PyUnicode_AsUTF8String
 
 from bunws._frame cimport (
@@ -27,7 +28,7 @@ from bunws._frame cimport (
 )
 
 from bunws._frame import encode_close
-from bunws.errors import InvalidArgument, InvalidType
+from bunws.errors import InvalidArgument, InvalidType, WrongThreadError
 
 # Bun's per-loop cork buffer is 16 KiB: past that the queue is written out even
 # inside a handler, so backpressure becomes visible to the caller.
@@ -110,6 +111,7 @@ cdef class WebSocketCore:
         """Wire the socket to its transport and options (once, at upgrade)."""
         self.transport = transport
         self.loop = loop
+        self.loop_thread = PyThread_get_thread_ident()
         self.limit = limit
         self.close_on_limit = close_on_limit
         self.on_over_limit = on_over_limit
@@ -161,6 +163,8 @@ cdef class WebSocketCore:
 
     cdef Py_ssize_t queue_frame(self, int opcode, object payload, bint compress) except -2:
         """Queue one frame with Bun's status rules (docs/bun-behaviour.md §2, §3)."""
+        if PyThread_get_thread_ident() != self.loop_thread:
+            self.check_thread()
         if self.ready_state != 1 or self.limit_tripped:
             return 0
         cdef Py_ssize_t limit = self.limit
@@ -243,8 +247,19 @@ cdef class WebSocketCore:
             raise InvalidType("cork expects a callable")
         return self.run_corked(fn, self)
 
+    cpdef check_thread(self):
+        """Raise ``WrongThreadError`` unless called on the socket's event loop thread:
+        the socket's state is the loop's alone (a thread would corrupt it)."""
+        if PyThread_get_thread_ident() != self.loop_thread and self.loop is not None:
+            raise WrongThreadError(
+                "ServerWebSocket methods must be called on the event loop's thread; "
+                "from another thread use server.publish_threadsafe() or "
+                "loop.call_soon_threadsafe()")
+
     def run_corked(self, fn, *args):
         """The one cork helper: ``fn(*args)`` with every send it makes in one write."""
+        if PyThread_get_thread_ident() != self.loop_thread:
+            self.check_thread()
         self.corked += 1
         try:
             return fn(*args)

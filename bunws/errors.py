@@ -95,3 +95,8 @@ class InvalidType(WebSocketError, TypeError):
 
 class ClosedError(WebSocketError):
     """The operation needs an open socket or a running server."""
+
+
+class WrongThreadError(WebSocketError, RuntimeError):
+    """A loop-only method was called from another thread (use
+    ``Server.publish_threadsafe``, or ``loop.call_soon_threadsafe``)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._frame import Opcode
@@ -21,7 +23,7 @@ from .errors import InvalidType
 if TYPE_CHECKING:
     from .websocket import ServerWebSocket
 
-__all__ = ["PubSub", "encode_message"]
+__all__ = ["PubSub", "ThreadsafePublisher", "encode_message"]
 
 logger = logging.getLogger("bunws")
 
@@ -98,6 +100,12 @@ class PubSub:
     def publish(self, topic: str, data: Any, compress: bool, exclude: ServerWebSocket | None) -> int:
         """Publish here and through the backplane; returns Bun's local status."""
         opcode, payload = encode_message(data)
+        return self.publish_encoded(topic, opcode, payload, compress, exclude)
+
+    def publish_encoded(
+        self, topic: str, opcode: int, payload: bytes, compress: bool,
+        exclude: ServerWebSocket | None = None,
+    ) -> int:
         if self.backplane is not None:
             self.backplane.publish(topic, opcode, payload, compress)
         return self.deliver_local(topic, opcode, payload, compress, exclude)
@@ -127,6 +135,69 @@ class PubSub:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
         flush_queued(pending)
+
+
+class ThreadsafePublisher:
+    """Publishes handed over from other threads, made on the loop in call order.
+
+    A producer thread appends under a lock and wakes the loop once per batch; the
+    loop drains everything queued so far in one callback. What waits is bounded in
+    bytes (``limit``): past it a publish is refused (``publish`` returns False) and
+    counted, so a producer faster than the loop learns it instead of growing memory.
+    """
+
+    __slots__ = ("_pubsub", "_loop", "_lock", "_queue", "_queued_bytes", "_wakeup_due",
+                 "_closed", "limit", "refused")
+
+    def __init__(self, pubsub: PubSub, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._pubsub = pubsub
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[str, int, bytes, bool]] = deque()
+        self._queued_bytes = 0
+        self._wakeup_due = False
+        self._closed = False
+        self.limit = limit
+        self.refused = 0
+
+    def publish(self, topic: str, opcode: int, payload: bytes, compress: bool) -> bool:
+        """Queue one encoded publish from any thread; False when over the limit."""
+        with self._lock:
+            if self._closed:
+                return False
+            if self._queued_bytes + len(payload) > self.limit and self._queue:
+                self.refused += 1
+                return False
+            self._queue.append((topic, opcode, payload, compress))
+            self._queued_bytes += len(payload)
+            if self._wakeup_due:
+                return True
+            self._wakeup_due = True
+        self._loop.call_soon_threadsafe(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, deque()
+            self._queued_bytes = 0
+            self._wakeup_due = False
+        publish = self._pubsub.publish_encoded
+        for topic, opcode, payload, compress in batch:
+            try:
+                publish(topic, opcode, payload, compress)
+            except Exception:  # one failing backplane must not lose the rest of the batch
+                logger.exception("publish_threadsafe(%r) failed", topic)
+
+    def close(self) -> None:
+        """The server stopped: later calls are refused; what was queued is dropped."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+            self._queued_bytes = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
 
 def encode_message(data: Any) -> tuple[int, bytes]:

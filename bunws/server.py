@@ -12,12 +12,13 @@ import asyncio
 import logging
 import socket
 import ssl as _ssl
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._frame import FrameParser
 from .arguments import check_compress, check_port, check_topic, positive_int, positive_number
-from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
+from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType, WrongThreadError
 from .extensions import negotiate
 from .http import (
     Request,
@@ -29,7 +30,7 @@ from .http import (
 )
 from .options import WebSocketHandler, ping_margin
 from .protocol import Connection
-from .pubsub import PubSub
+from .pubsub import PubSub, ThreadsafePublisher, encode_message
 from .session import WebSocketSession
 
 __all__ = ["Server", "serve", "run"]
@@ -40,6 +41,9 @@ logger = logging.getLogger("bunws")
 # keeps our timeouts within half a second at a cost of one pass over the
 # connections per tick (about 2 ms per 10 000 connections).
 TICK_SECONDS = 0.5
+
+# Bytes that publish_threadsafe() may have waiting for the loop before it refuses.
+THREADSAFE_LIMIT = 64 * 1024 * 1024
 
 
 class Server:
@@ -107,6 +111,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.clock = self._loop.time  # one bound method shared by every connection
         self.pubsub = PubSub(self._loop)
+        self._loop_thread = threading.get_ident()
+        self._threadsafe = ThreadsafePublisher(self.pubsub, self._loop, THREADSAFE_LIMIT)
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
         self._receive_buffer = memoryview(bytearray(256 * 1024))
@@ -249,6 +255,7 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
+        self._threadsafe.close()
         if self._aio_server is not None:
             self._aio_server.close()
         for conn in list(self._connections):
@@ -309,6 +316,7 @@ class Server:
         not a valid WebSocket handshake; a wrong ``Sec-WebSocket-Version`` is answered
         426 by the server itself, as in Bun.
         """
+        self.check_thread()
         if not self._has_websocket:
             raise ClosedError("upgrade() needs a server started with a websocket handler")
         if not isinstance(req, Request):
@@ -384,10 +392,43 @@ class Server:
         self, topic: str, data: str | bytes | bytearray | memoryview, compress: bool = True
     ) -> int:
         """Send to every subscriber of ``topic``; returns Bun's publish status."""
+        self.check_thread()
         check_topic(topic)
         if compress is not True:
             check_compress(compress)
         return self.pubsub.publish(topic, data, compress, None)
+
+    def publish_threadsafe(
+        self, topic: str, data: str | bytes | bytearray | memoryview, compress: bool = True
+    ) -> bool:
+        """``publish`` from any thread (a Kafka consumer, sync code in an executor).
+
+        Returns at once: the publish happens on the loop, in call order. Arguments
+        are checked and the message encoded in the caller's thread, so a bad one
+        raises there. Returns False (and counts it in ``threadsafe_refused``) when
+        more than ``THREADSAFE_LIMIT`` bytes already wait for the loop. Raises
+        :class:`ClosedError` once the server is stopping.
+        """
+        check_topic(topic)
+        if compress is not True:
+            check_compress(compress)
+        opcode, payload = encode_message(data)
+        if self._stopping:
+            raise ClosedError("the server is stopping")
+        return self._threadsafe.publish(topic, opcode, payload, compress)
+
+    @property
+    def threadsafe_refused(self) -> int:
+        """``publish_threadsafe`` calls refused because the loop was behind."""
+        return self._threadsafe.refused
+
+    def check_thread(self) -> None:
+        """Raise :class:`WrongThreadError` unless on the loop's thread (loop-only
+        methods would corrupt the server's state from another thread)."""
+        if threading.get_ident() != self._loop_thread:
+            raise WrongThreadError(
+                "Server methods must be called on the event loop's thread; from another "
+                "thread use server.publish_threadsafe() or loop.call_soon_threadsafe()")
 
     def subscriber_count(self, topic: str) -> int:
         """Live number of sockets subscribed to ``topic`` in this process."""

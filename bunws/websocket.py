@@ -91,24 +91,29 @@ class ServerWebSocket(WebSocketCore):
             reason = ""
         if not isinstance(reason, str):
             raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
+        self.check_thread()
         if self.ready_state != 1:
             return
         self._session.close(code, cut_reason(reason).decode("utf-8"))
 
     def terminate(self) -> None:
         """Close the TCP connection at once, without a Close frame (handler gets 1006)."""
+        self.check_thread()
         if self.ready_state == 1:
             self._session.abort(1006, "")
 
     def pause(self) -> None:
         """Stop dispatching inbound messages (sends keep working)."""
+        self.check_thread()
         self._session.pause()
 
     def resume(self) -> None:
+        self.check_thread()
         self._session.resume()
 
     # ---------------------------------------------------------------- pub/sub
     def subscribe(self, topic: str) -> bool:
+        self.check_thread()
         check_topic(topic)
         if self.ready_state != 1:
             return False
@@ -120,6 +125,7 @@ class ServerWebSocket(WebSocketCore):
         return True
 
     def unsubscribe(self, topic: str) -> bool:
+        self.check_thread()
         check_topic(topic)
         if self.ready_state != 1 or not self._topics or topic not in self._topics:
             return False
@@ -136,6 +142,7 @@ class ServerWebSocket(WebSocketCore):
     ) -> int:
         """Publish to every subscriber of ``topic`` except this socket (unless
         ``publish_to_self``)."""
+        self.check_thread()
         check_topic(topic)
         if compress is not False:
             check_compress(compress)
@@ -144,6 +151,7 @@ class ServerWebSocket(WebSocketCore):
     def publish_text(self, topic: str, data: str, compress: bool = False) -> int:
         if type(data) is not str:
             raise InvalidType(f"publish_text expects a str, got {type(data).__name__}")
+        self.check_thread()
         if topic == "":
             return 0  # Bun returns 0 here instead of throwing (docs/bun-behaviour.md §5)
         check_topic(topic)
@@ -154,6 +162,7 @@ class ServerWebSocket(WebSocketCore):
     def publish_binary(
         self, topic: str, data: bytes | bytearray | memoryview, compress: bool = False
     ) -> int:
+        self.check_thread()
         check_topic(topic)
         if compress is not False:
             check_compress(compress)
