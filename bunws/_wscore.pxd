@@ -7,7 +7,8 @@
 #
 # WebSocketCore is the only owner of its buffers: every frame of a socket (data,
 # control, Close, published) goes through its methods, so per-socket order equals
-# call order. Nothing here is public to Cython or Python except what is readonly.
+# call order. Only `data` and `transport` are writable from Python; the rest is
+# private or readonly.
 
 cdef class WebSocketCore:
     cdef public object data               # the application's per-socket value
@@ -15,6 +16,7 @@ cdef class WebSocketCore:
     cdef public object transport         # what the socket writes to (tests may wrap it)
     cdef object loop
     cdef unsigned long loop_thread        # the thread that runs loop: the only one that may send
+    cdef readonly int high_water          # the transport's high-water mark: 0, or 1 on TLS
     cdef object on_over_limit             # called (soon) when close_on_backpressure_limit trips
     cdef readonly object deflater         # None, or a Deflater (shared or dedicated)
     cdef Py_ssize_t limit                 # backpressure_limit, 0 = none

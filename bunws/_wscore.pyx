@@ -112,6 +112,9 @@ cdef class WebSocketCore:
         self.transport = transport
         self.loop = loop
         self.loop_thread = PyThread_get_thread_ident()
+        # asyncio's TLS transport pauses when size >= high (the TCP one when size > high):
+        # 1 there keeps "paused" meaning "bytes are waiting" on both.
+        self.high_water = 1 if transport.get_extra_info("ssl_object") is not None else 0
         self.limit = limit
         self.close_on_limit = close_on_limit
         self.on_over_limit = on_over_limit
@@ -227,7 +230,7 @@ cdef class WebSocketCore:
         if not transport.is_closing():
             # This re-runs the transport's own pause check: it now calls
             # pause_writing, and so resume_writing (drain) once it is empty.
-            transport.set_write_buffer_limits(high=0)
+            transport.set_write_buffer_limits(high=self.high_water, low=0)
         return 0
 
     cdef int over_limit(self) except -1:
@@ -346,6 +349,12 @@ cdef class WebSocketCore:
         """Mirror of ``pause()``/``resume()`` that ``dispatch`` checks per event."""
         self.is_paused = held
 
+    def release(self):
+        """The connection is gone: drop what ties the socket to its session and its
+        compressor, so a closed socket the application still holds keeps nothing."""
+        self.on_over_limit = None
+        self.deflater = None
+
     def mark_closed(self):
         """Closed: drop everything queued; returns whether it was open."""
         if self.ready_state != 1:
@@ -455,6 +464,8 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
                 append_server_frame(ws.out, opcode, ws.deflater.compress(payload), True)
         else:
             queue_shared(ws, frame)
+        if ws.corked and PyByteArray_GET_SIZE(ws.out) + ws.shared_bytes > CORK_FLUSH_THRESHOLD:
+            ws.flush()  # a socket publishing to itself inside its handler: Bun's 16 KiB rule
         if ws.write_paused:
             buffering = True
         if not ws.corked and not ws.queued:

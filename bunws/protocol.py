@@ -70,10 +70,10 @@ class Connection(asyncio.BufferedProtocol):
     # connection figure in bench/RESULTS.md).
     __slots__ = (
         "server", "clock", "transport", "remote_address", "phase",
-        "_http", "_url", "_headers", "_head_bytes", "_head_raw", "_in_head",
-        "_messages", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
+        "_http", "_url", "_headers", "_head_bytes", "_silent_bytes", "_in_head",
+        "_callbacks", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
         "_early_bytes", "_close_after", "_server_answer", "_write_blocked", "_reading_paused",
-        "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "deadline",
+        "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "_unsent", "deadline",
         "session", "__weakref__",
     )
 
@@ -92,9 +92,9 @@ class Connection(asyncio.BufferedProtocol):
         self._url = b""
         self._headers: list[tuple[str, str]] | None = None  # set per request head
         self._head_bytes = 0  # URL and header bytes of the current head (callbacks)
-        self._head_raw = 0  # input slices that lay wholly inside the current head
+        self._silent_bytes = 0  # input fed since the last callback, inside one request
         self._in_head = False
-        self._messages = 0  # request heads begun so far
+        self._callbacks = 0  # httptools callbacks so far: did a slice complete anything?
         self._body: bytearray | None = None
         # Parsed requests as (request, keep-alive), or (status, False) for a refusal
         # the server answers itself; None once upgraded (one object fewer per socket).
@@ -111,6 +111,7 @@ class Connection(asyncio.BufferedProtocol):
         self._continue_due = False  # a 100 Continue waits for the answers before it
         self._tls_pending = False  # transport is still the raw TCP one, TLS handshaking
         self._tls_early: bytearray | None = None  # TLS bytes read before start_tls took over
+        self._unsent = 0  # unsent answer bytes at the last tick: is the client reading?
         self.deadline = 0.0  # handshake / close-handshake deadline (loop time)
         # WebSocket phase
         self.session: WebSocketSession | None = None
@@ -213,7 +214,9 @@ class Connection(asyncio.BufferedProtocol):
             return True
         if self.phase is WEBSOCKET and self._early_bytes is not None:
             self._peer_eof = True  # the frames already received are dispatched first
-            return True
+            if self.server.ssl is None:
+                return True
+            self._release_early_bytes()  # a TLS transport closes on EOF whatever we say
         # Returning a false value makes the transport close itself.
         return None
 
@@ -313,7 +316,7 @@ class Connection(asyncio.BufferedProtocol):
         """Parse one slice; returns where an Upgrade request's head ended, else -1."""
         parser = self._http
         assert parser is not None  # _parse checked
-        head_open, heads = self._in_head, self._messages
+        callbacks = self._callbacks
         try:
             parser.feed_data(chunk)
         except httptools.HttpParserUpgrade as upgrade:
@@ -325,11 +328,14 @@ class Connection(asyncio.BufferedProtocol):
         except httptools.HttpParserError:
             self._refuse(400)
             return -1
-        if head_open and self._in_head and self._messages == heads:
-            # The whole slice belongs to one unfinished head: count it, so a header
-            # that never ends is bounded too (httptools keeps it until it does).
-            self._head_raw += len(chunk)
-            if self._head_raw > self.server.max_head_size:
+        if self._callbacks != callbacks:
+            self._silent_bytes = 0
+        elif self._headers is not None:
+            # The whole slice went into one unfinished field of an open request (a
+            # header or a trailer line that never ends, which httptools keeps until it
+            # does): count it, so that is bounded by max_head_size too.
+            self._silent_bytes += len(chunk)
+            if self._silent_bytes > self.server.max_head_size:
                 self._refuse(431)
         return -1
 
@@ -355,10 +361,10 @@ class Connection(asyncio.BufferedProtocol):
         self._body = None
         self._in_head = True
         self._head_bytes = 0
-        self._head_raw = 0
-        self._messages += 1
+        self._callbacks += 1
 
     def on_url(self, url: bytes) -> None:
+        self._callbacks += 1
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.server.max_head_size:
@@ -366,6 +372,7 @@ class Connection(asyncio.BufferedProtocol):
             raise _Rejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._callbacks += 1
         headers = self._headers
         assert headers is not None  # on_message_begin made it
         self._head_bytes += len(name) + len(value) + 4
@@ -375,6 +382,7 @@ class Connection(asyncio.BufferedProtocol):
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._callbacks += 1
         self._in_head = False
         parser, headers = self._http, self._headers
         assert parser is not None and headers is not None  # set by on_message_begin
@@ -402,6 +410,7 @@ class Connection(asyncio.BufferedProtocol):
                     self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        self._callbacks += 1
         if self._body is None:
             self._body = bytearray()
         self._body += body
@@ -410,6 +419,7 @@ class Connection(asyncio.BufferedProtocol):
             raise _Rejected
 
     def on_message_complete(self) -> None:
+        self._callbacks += 1
         parser, headers, queue = self._http, self._headers, self._queue
         assert parser is not None and headers is not None and queue is not None
         version = parser.get_http_version()
@@ -586,9 +596,13 @@ class Connection(asyncio.BufferedProtocol):
 
     # ================================================================ upgrade
     def can_upgrade(self) -> bool:
-        """Still in the HTTP phase with a usable transport."""
+        """Still in the HTTP phase with a usable transport, and nothing after the
+        request was parsed as HTTP (llhttp pauses only when ``Connection: upgrade``
+        is sent; without it, what followed would be lost)."""
         transport = self.transport
-        return self.phase is HTTP and transport is not None and not transport.is_closing()
+        if self.phase is not HTTP or transport is None or transport.is_closing():
+            return False
+        return self._early_bytes is not None or not (self._queue or self._unparsed)
 
     def replace_answer(self, answer: bytes) -> None:
         """The server answers the current request itself (426/403/503 from
@@ -613,9 +627,10 @@ class Connection(asyncio.BufferedProtocol):
         self._write_blocked = False
         if self.transport.get_write_buffer_size():
             session.transport_paused()
-        # High-water mark 0: asyncio calls resume_writing exactly when the buffer is
-        # empty again, which is when Bun fires ``drain``.
-        self.transport.set_write_buffer_limits(high=0)
+        # High-water mark 0 (1 on TLS, whose transport pauses at size >= high):
+        # asyncio calls resume_writing exactly when the buffer is empty again, which
+        # is when Bun fires ``drain``.
+        self.transport.set_write_buffer_limits(high=session.ws.high_water, low=0)
         self.update_reading()
         session.opened()
         if self._early_bytes is not None:
@@ -652,7 +667,12 @@ class Connection(asyncio.BufferedProtocol):
         and for it to read the answers it was sent (then the connection is aborted:
         a plain close would wait for the unread answers forever)."""
         transport = self.transport
-        if self._write_blocked and transport.get_write_buffer_size() <= HTTP_WRITE_LIMIT // 4:
+        unsent = transport.get_write_buffer_size()
+        if unsent and unsent < self._unsent:
+            # A slow but steady reader: the wait is for it to read *something*.
+            self.deadline = now + self.server.handshake_timeout
+        self._unsent = unsent
+        if self._write_blocked and unsent <= HTTP_WRITE_LIMIT // 4:
             self.resume_writing()  # a transport that never resumed us
         if now < self.deadline:
             return

@@ -106,9 +106,13 @@ class PubSub:
         self, topic: str, opcode: int, payload: bytes, compress: bool,
         exclude: ServerWebSocket | None = None,
     ) -> int:
+        status = self.deliver_local(topic, opcode, payload, compress, exclude)
         if self.backplane is not None:
-            self.backplane.publish(topic, opcode, payload, compress)
-        return self.deliver_local(topic, opcode, payload, compress, exclude)
+            try:
+                self.backplane.publish(topic, opcode, payload, compress)
+            except Exception:  # local subscribers already have it; say what was lost
+                logger.exception("backplane publish(%r) failed", topic)
+        return status
 
     def deliver_local(
         self,

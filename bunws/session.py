@@ -217,6 +217,7 @@ class WebSocketSession:
         self._finish(1006, "")
         self.state = SessionState.CLOSED
         self.parser = None
+        self.ws.detach()
 
     def shutdown(self, close_active: bool) -> None:
         """``Server.stop()``: 1001, then (``close_active``) no wait for the answer."""

@@ -59,7 +59,7 @@ class ServerWebSocket(WebSocketCore):
         publish_to_self: bool = False,
     ) -> None:
         self.data = data
-        self._session = session
+        self._session: WebSocketSession | None = session
         self._pubsub = pubsub
         self._topics: set[str] | None = None
         self._remote_address = remote_address
@@ -92,24 +92,26 @@ class ServerWebSocket(WebSocketCore):
         if not isinstance(reason, str):
             raise InvalidType(f"close reason must be a str, got {type(reason).__name__}")
         self.check_thread()
-        if self.ready_state != 1:
+        if self.ready_state != 1 or self._session is None:
             return
         self._session.close(code, cut_reason(reason).decode("utf-8"))
 
     def terminate(self) -> None:
         """Close the TCP connection at once, without a Close frame (handler gets 1006)."""
         self.check_thread()
-        if self.ready_state == 1:
+        if self.ready_state == 1 and self._session is not None:
             self._session.abort(1006, "")
 
     def pause(self) -> None:
         """Stop dispatching inbound messages (sends keep working)."""
         self.check_thread()
-        self._session.pause()
+        if self._session is not None:
+            self._session.pause()
 
     def resume(self) -> None:
         self.check_thread()
-        self._session.resume()
+        if self._session is not None:
+            self._session.resume()
 
     # ---------------------------------------------------------------- pub/sub
     def subscribe(self, topic: str) -> bool:
@@ -174,6 +176,12 @@ class ServerWebSocket(WebSocketCore):
         if self.ready_state != 1 or self._publish_to_self:
             return None
         return self
+
+    def detach(self) -> None:
+        """The connection is gone (the session calls it): no reference back to the
+        session, so closed sockets are freed by reference counting."""
+        self._session = None
+        self.release()
 
     def unsubscribe_all(self) -> None:
         """Leave every topic (the session calls it before the ``close`` handler)."""

@@ -18,7 +18,7 @@ import pytest
 import trustme
 import websockets
 import wire
-from conftest import eventually, running, ws_url
+from conftest import count_writes, eventually, running, ws_url
 from rawclient import RawClient
 from test_http import parse_responses
 
@@ -594,3 +594,167 @@ async def test_a_101_written_over_unread_answers_still_reads_the_websocket() -> 
         await loop.sock_sendall(sock, wire.client(wire.TEXT, "hello"))
         await eventually(lambda: got == ["hello"], timeout=5)
         sock.close()
+
+
+# ================================================================ review findings
+async def test_a_chunked_trailer_that_never_ends_is_bounded() -> None:
+    async with running(fetch=lambda req, server: bunws.Response("x"), max_head_size=4096) as server:
+        reader, writer = await open_raw(server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        for _ in range(5):  # each read goes into one unfinished trailer line
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        data = await read_to_eof(reader)
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_tls_sends_report_real_statuses_and_drain_only_after_backpressure(tls: Any) -> None:
+    server_ctx, client_ctx = tls
+    statuses: list[int] = []
+    drains: list[int] = []
+
+    def message(ws: bunws.ServerWebSocket, msg: Any) -> None:
+        statuses.append(ws.send(msg))
+
+    handler = bunws.WebSocketHandler(
+        open=lambda ws: statuses.append(ws.send("hi")), message=message,
+        drain=lambda ws: drains.append(1),
+    )
+    async with running(handler, ssl=server_ctx) as server:
+        async with websockets.connect(f"wss://127.0.0.1:{server.port}/", ssl=client_ctx) as client:
+            assert await client.recv() == "hi"
+            for i in range(20):
+                await client.send(f"m{i}")
+                assert await client.recv() == f"m{i}"
+    assert statuses == [2] + [len(f"m{i}") for i in range(20)]
+    assert drains == []
+
+
+@ASYNCIO_ONLY
+async def test_a_slow_but_steady_reader_gets_the_whole_answer() -> None:
+    body = b"s" * (3 * 1024 * 1024)
+
+    def fetch(req: bunws.Request, server: bunws.Server) -> bunws.Response:
+        # a small kernel buffer: the answer waits in the transport, not in the kernel
+        sock = req.connection.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        return bunws.Response(body)
+
+    async with running(fetch=fetch, handshake_timeout=1) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        got = bytearray()
+        async with asyncio.timeout(20):
+            while True:  # about 1.5 MiB/s: the answer takes longer than the timeout
+                chunk = await loop.sock_recv(sock, 16384)
+                if not chunk:
+                    break
+                got += chunk
+                await asyncio.sleep(0.01)
+        sock.close()
+    assert got.endswith(body)
+
+
+async def test_a_closed_socket_is_freed_by_reference_counting() -> None:
+    import gc
+    import weakref
+
+    refs: list[Any] = []
+    kept: list[bunws.ServerWebSocket] = []
+
+    def open_(ws: bunws.ServerWebSocket) -> None:
+        kept.append(ws)  # the application keeps the socket after it closed
+        refs.append(weakref.ref(ws))
+
+    async with running(bunws.WebSocketHandler(open=open_)) as server:
+        gc.disable()
+        try:
+            async with websockets.connect(ws_url(server)) as client:
+                await eventually(lambda: bool(kept))
+                conn = next(iter(server._connections))
+                session_ref = weakref.ref(conn.session)
+                del conn
+                await client.close()
+            await eventually(lambda: server.pending_websockets == 0 and not server._connections)
+            await asyncio.sleep(0.05)
+            assert session_ref() is None, "the session outlived its connection"
+            kept.clear()
+            assert refs[0]() is None, "the closed socket was kept alive by a cycle"
+        finally:
+            gc.enable()
+
+
+async def test_publishing_to_itself_inside_a_handler_is_written_past_16_kib() -> None:
+    writes_during: list[int] = []
+
+    def open_(ws: bunws.ServerWebSocket) -> None:
+        ws.subscribe("self")
+
+    def message(ws: bunws.ServerWebSocket, msg: Any) -> None:
+        writes = count_writes(ws)
+        for _ in range(64):  # 64 KiB to itself, in one handler
+            ws.publish("self", b"q" * 1024)
+        writes_during.append(len(writes))
+
+    handler = bunws.WebSocketHandler(open=open_, message=message, publish_to_self=True)
+    async with running(handler) as server:
+        async with websockets.connect(ws_url(server)) as client:
+            await client.send("go")
+            for _ in range(64):
+                assert await asyncio.wait_for(client.recv(), 5) == b"q" * 1024
+    assert writes_during and writes_during[0] >= 3  # flushed every 16 KiB, not held
+
+
+async def test_a_failing_backplane_publish_still_delivers_locally(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing:
+        async def start(self, server: bunws.Server) -> None:
+            pass
+
+        def subscribe(self, topic: str) -> None:
+            pass
+
+        def unsubscribe(self, topic: str) -> None:
+            pass
+
+        def publish(self, *args: Any) -> None:
+            raise RuntimeError("redis down")
+
+        async def close(self) -> None:
+            pass
+
+    handler = bunws.WebSocketHandler(open=lambda ws: ws.subscribe("t"))
+    with caplog.at_level(logging.ERROR, logger="bunws"):
+        async with running(handler, backplane=Failing()) as server:
+            async with websockets.connect(ws_url(server)) as client:
+                await eventually(lambda: server.subscriber_count("t") == 1)
+                assert server.publish("t", "local") == 5
+                assert await asyncio.wait_for(client.recv(), 5) == "local"
+    assert "backplane publish('t') failed" in caplog.text
+
+
+async def test_no_upgrade_once_llhttp_parsed_past_the_request() -> None:
+    results: list[bool] = []
+
+    def fetch(req: bunws.Request, server: bunws.Server) -> Any:
+        if req.path == "/ws":
+            results.append(server.upgrade(req))
+            return None if results[-1] else bunws.Response("not upgraded", status=400)
+        return bunws.Response("second")
+
+    async with running(fetch=fetch) as server:
+        reader, writer = await open_raw(server.port)
+        # no "Connection: upgrade": llhttp does not pause, so the next request is parsed
+        head = RawClient.handshake_request("/ws").replace(b"Connection: Upgrade\r\n", b"")
+        writer.write(head + b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        data = await read_to_eof(reader)
+        writer.close()
+    assert results == [False]
+    assert data.startswith(b"HTTP/1.1 400 ")

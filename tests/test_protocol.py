@@ -614,7 +614,7 @@ async def test_upgrade_hands_the_frames_that_came_with_the_handshake_to_the_sess
     assert rec.events == ["open", "a", "b"]
     assert conn.phase is Phase.WEBSOCKET
     assert conn.session is not None and conn.session.ws.data == "/ws"
-    assert (0, None) in t.limit_calls  # high-water mark 0: resume_writing means "empty"
+    assert (0, 0) in t.limit_calls  # high-water mark 0: resume_writing means "empty"
     assert server.pending_requests == 0 and server.pending_websockets == 1
     assert server.subscriber_count("room") == 1
 
