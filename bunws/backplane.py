@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._frame import validate_utf8
+from ._frame import Opcode, validate_utf8
 
 if TYPE_CHECKING:
     from .server import Server
@@ -85,7 +85,7 @@ def _parse_envelope(data: object) -> tuple[bytes, int, bytes, bool] | str:
         # A newer format's flag could change what the payload means: not ours to relay.
         return f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x}"
     opcode = flags & _OPCODE_MASK
-    if opcode not in (1, 2):
+    if opcode not in (Opcode.TEXT, Opcode.BINARY):
         return f"opcode {opcode} is neither text (1) nor binary (2)"
     n = data[2]
     if n == 0:
@@ -333,7 +333,8 @@ class RedisBackplane(Backplane):
             # object still get distinct ids.
             self.node_id = os.urandom(8)
         self._headers = {
-            (op, c): encode_envelope(self.node_id, op, b"", c) for op in (1, 2) for c in (False, True)
+            (op, c): encode_envelope(self.node_id, op, b"", c)
+            for op in (Opcode.TEXT, Opcode.BINARY) for c in (False, True)
         }
         self._outbox_event = asyncio.Event()
         self._control_event = asyncio.Event()
@@ -638,7 +639,7 @@ class RedisBackplane(Backplane):
         if node == self.node_id:
             self.stats["own"] += 1
             return
-        if opcode == 1 and not validate_utf8(payload):
+        if opcode == Opcode.TEXT and not validate_utf8(payload):
             self._drop(channel, "text payload is not valid UTF-8")
             return
         topic = self._topic(channel)
