@@ -49,8 +49,8 @@ cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
 
     Published frames are queued by reference, not copied into each receiver's
     buffer: the copies were the cost of fan-out (bench/RESULTS.md, "fan-out by
-    reference"). Each receiver's frames are joined (uvloop: written vectored) at
-    flush time."""
+    reference"). Each receiver's frames go to the transport in one writelines()
+    at flush time (vectored where the transport supports it)."""
     if ws.shared_frames is None:
         ws.shared_frames = []
     if PyByteArray_GET_SIZE(ws.out):

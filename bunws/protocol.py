@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from .http import Headers, Request, Response, build_response, check_host, simple_response
-
 from .session import SessionState
 
 if TYPE_CHECKING:
@@ -57,8 +56,9 @@ class Connection(asyncio.BufferedProtocol):
     instead of allocating a fresh 256 KiB ``bytes`` per read and shrinking it
     (py-spy, 10 000 handshakes: that ``recv`` was 19.5 % of the server's time).
     Sharing one buffer is safe because every consumer copies what it keeps before
-    ``buffer_updated`` returns (the frame parser, httptools, ``_early_bytes``), and the loop
-    never reads for another connection while one's ``buffer_updated`` runs.
+    ``buffer_updated`` returns (the frame parser, httptools, ``_early_bytes``,
+    ``_unparsed``, ``_tls_early``), and the loop never reads for another connection
+    while one's ``buffer_updated`` runs.
 
     HTTP phase: requests are parsed in slices into ``_queue`` and answered strictly
     in order, the server's own refusals (400/413/431) included. While the queue is
