@@ -477,8 +477,7 @@ class Connection(asyncio.BufferedProtocol):
             self._queued_body -= req.body_size
             server = self.server
             if server.stopping:
-                self._server_answer = simple_response(503, head_only=req.method == "HEAD")
-                self._write_answer(req, None, False)
+                self._send_http(simple_response(503, head_only=req.method == "HEAD"), close=True)
                 return
             try:
                 result = server.fetch(req, server)

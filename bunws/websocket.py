@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._frame import close_reason_bytes as cut_reason
-from ._wscore import WebSocketCore, as_bytes
-from .arguments import check_compress, check_topic
+from ._wscore import WebSocketCore
+from .arguments import as_bytes, check_compress, check_topic
 from .errors import InvalidType
 
 if TYPE_CHECKING:
