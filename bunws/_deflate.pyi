@@ -22,15 +22,20 @@ class Deflater:
     """
 
     @property
-    def window_bits(self) -> int: ...
+    def window_bits(self) -> int:
+        """LZ77 window size as a power of two (9–15)."""
     @property
-    def mem_level(self) -> int: ...
+    def mem_level(self) -> int:
+        """zlib memLevel (1–9): memory for the compressor's internal state."""
     @property
-    def level(self) -> int: ...
+    def level(self) -> int:
+        """zlib compression level (-1 is zlib's default, 0–9)."""
     @property
-    def no_context_takeover(self) -> bool: ...
+    def no_context_takeover(self) -> bool:
+        """Every message is compressed on its own (no shared history between messages)."""
     @property
-    def holds_zlib_state(self) -> bool: ...
+    def holds_zlib_state(self) -> bool:
+        """This object owns an allocated per-connection z_stream (a stateless one never does)."""
     def __init__(
         self,
         window_bits: int = 15,
@@ -49,13 +54,17 @@ class Inflater:
     """
 
     @property
-    def window_bits(self) -> int: ...
+    def window_bits(self) -> int:
+        """LZ77 window size as a power of two (9–15) the peer compresses with."""
     @property
-    def no_context_takeover(self) -> bool: ...
+    def no_context_takeover(self) -> bool:
+        """The peer resets its history between messages: nothing is kept between them."""
     @property
-    def failed(self) -> bool: ...
+    def failed(self) -> bool:
+        """A previous call raised: every later call raises ``ProtocolError(1007)``."""
     @property
-    def holds_zlib_state(self) -> bool: ...
+    def holds_zlib_state(self) -> bool:
+        """This object owns an allocated z_stream."""
     def __init__(self, window_bits: int = 15, no_context_takeover: bool = False) -> None: ...
     def decompress(self, data: Buffer, max_length: int, final: bool) -> bytes:
         """Inflate one fragment; raises MessageTooBig (1009) past ``max_length``,

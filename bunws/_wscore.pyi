@@ -28,20 +28,24 @@ class WebSocketCore:
     def ready_state(self) -> int:
         """1 while open, 3 once closed (Bun never reports 0 or 2)."""
     @property
-    def is_paused(self) -> bool: ...
+    def is_paused(self) -> bool:
+        """``pause()`` is in effect: inbound messages are held back."""
     @property
     def write_paused(self) -> bool:
         """Bytes are waiting in the transport (sends now return -1)."""
     @property
     def buffered_amount(self) -> int:
         """Bytes of complete frames waiting in user space or the transport."""
-    def get_buffered_amount(self) -> int: ...
+    def get_buffered_amount(self) -> int:
+        """The same as :attr:`buffered_amount` (Bun's ``getBufferedAmount()``)."""
     binary_type: str
     def send(self, data: str | bytes | bytearray | memoryview, compress: bool = False) -> int:
         """Send ``str`` as text, bytes-like as binary. Returns the payload byte count,
         -1 when queued behind buffered bytes, 0 when dropped or empty."""
-    def send_text(self, data: str, compress: bool = False) -> int: ...
-    def send_binary(self, data: bytes | bytearray | memoryview, compress: bool = False) -> int: ...
+    def send_text(self, data: str, compress: bool = False) -> int:
+        """Send a text frame (``data`` must be a ``str``); the status is :meth:`send`'s."""
+    def send_binary(self, data: bytes | bytearray | memoryview, compress: bool = False) -> int:
+        """Send a binary frame (``data`` must be bytes-like); the status is :meth:`send`'s."""
     def ping(self, data: str | bytes | bytearray | memoryview = b"") -> int:
         """Send a Ping; payload at most 125 bytes (InvalidArgument otherwise)."""
     def pong(self, data: str | bytes | bytearray | memoryview = b"") -> int:
@@ -58,21 +62,37 @@ class WebSocketCore:
         on_over_limit: Callable[[], Any],
         deflater: Any = None,
         shared_deflate: bool = False,
-    ) -> None: ...
-    def run_corked(self, fn: Callable[..., T], *args: Any) -> T: ...
-    def check_thread(self) -> None: ...
-    def flush(self) -> None: ...
-    def binary(self, payload: bytes) -> bytes | bytearray | memoryview: ...
-    def queue_pong(self, payload: bytes) -> None: ...
-    def send_keepalive(self) -> None: ...
-    def queue_close(self, code: int | None, reason: str) -> None: ...
-    def transport_paused(self) -> None: ...
-    def transport_resumed(self) -> bool: ...
-    def hold_inbound(self, held: bool) -> None: ...
-    def mark_closed(self) -> bool: ...
-    def release(self) -> None: ...
+    ) -> None:
+        """Wire the socket to its transport and options (once, at upgrade)."""
+    def run_corked(self, fn: Callable[..., T], *args: Any) -> T:
+        """The one cork helper: ``fn(*args)`` with every send it makes in one write."""
+    def check_thread(self) -> None:
+        """Raise ``WrongThreadError`` unless called on the socket's event loop thread."""
+    def flush(self) -> None:
+        """Hand the queued bytes to the transport in one write."""
+    def binary(self, payload: bytes) -> bytes | bytearray | memoryview:
+        """A received binary payload as :attr:`binary_type` says."""
+    def queue_pong(self, payload: bytes) -> None:
+        """Answer a Ping; while the transport is full only the latest pong is kept back."""
+    def send_keepalive(self) -> None:
+        """The idle timer's empty Ping (not subject to the backpressure limit)."""
+    def queue_close(self, code: int | None, reason: str) -> None:
+        """The Close frame, after everything queued (``code`` None: empty payload)."""
+    def transport_paused(self) -> None:
+        """The transport's buffer filled up: later sends report -1 until it drains."""
+    def transport_resumed(self) -> bool:
+        """The transport's buffer is empty again: send the pong kept back; returns
+        whether ``drain`` is due."""
+    def hold_inbound(self, held: bool) -> None:
+        """Mirror of ``pause()``/``resume()`` that :func:`dispatch` checks per event."""
+    def mark_closed(self) -> bool:
+        """Closed: drop everything queued; returns whether it was open."""
+    def release(self) -> None:
+        """The connection is gone: drop what ties the socket to its session and compressor."""
     @property
-    def high_water(self) -> int: ...
+    def high_water(self) -> int:
+        """The transport's high-water mark: 0 on TCP, 1 on TLS (so "paused" means
+        "bytes are waiting" on both)."""
 
 def as_bytes(data: Any, what: str) -> bytes:
     """``bytes`` of a bytes-like argument; InvalidType for anything else."""
@@ -80,7 +100,8 @@ def as_bytes(data: Any, what: str) -> bytes:
 def encode_text(text: str, what: str = "send") -> bytes:
     """UTF-8 of ``text``; InvalidArgument (a ValueError) when it holds a lone surrogate."""
 
-def dispatch(ws: WebSocketCore, events: list[Any], session: _DispatchSession) -> None: ...
+def dispatch(ws: WebSocketCore, events: list[Any], session: _DispatchSession) -> None:
+    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``, inside one cork."""
 def fan_out(
     receivers: dict[Any, None],
     opcode: int,
@@ -88,5 +109,7 @@ def fan_out(
     compress: bool,
     exclude: Any,
     flush_list: list[Any],
-) -> int: ...
-def flush_queued(pending: list[Any]) -> None: ...
+) -> int:
+    """Queue one published frame by reference on every receiver; returns Bun's publish status."""
+def flush_queued(pending: list[Any]) -> None:
+    """End of tick: one write per receiver for everything published to it."""

@@ -18,6 +18,7 @@ __all__ = [
 
 
 def check_topic(topic: Any) -> None:
+    """Raise unless ``topic`` is a non-empty ``str``."""
     if not isinstance(topic, str):
         raise InvalidType(f"topic must be a str, got {type(topic).__name__}")
     if not topic:
@@ -25,11 +26,13 @@ def check_topic(topic: Any) -> None:
 
 
 def check_compress(compress: Any) -> None:
+    """Raise ``InvalidType`` unless ``compress`` is a ``bool``."""
     if not isinstance(compress, bool):
         raise InvalidType("publish expects compress to be a bool")
 
 
 def positive_number(name: str, value: Any) -> float:
+    """``value`` as a float when it is a finite number above 0; ``InvalidArgument`` otherwise."""
     # NaN compares false with everything: it would make every deadline fire at once
     # or never; infinity is no timeout at all.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -38,6 +41,8 @@ def positive_number(name: str, value: Any) -> float:
 
 
 def positive_int(name: str, value: Any, *, optional: bool = False) -> Any:
+    """``value`` when it is an int of at least 1 (or ``None`` when ``optional``);
+    ``InvalidArgument`` otherwise."""
     if optional and value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -47,6 +52,7 @@ def positive_int(name: str, value: Any, *, optional: bool = False) -> Any:
 
 
 def check_port(port: Any) -> int:
+    """``port`` when it is an int in 0..65535; ``InvalidArgument`` otherwise."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidArgument(f"port must be in 0..65535, got {port!r}")
     return port

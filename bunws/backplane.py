@@ -325,6 +325,7 @@ class RedisBackplane(Backplane):
 
     # ------------------------------------------------------------------ server hooks
     async def start(self, server: Server) -> None:
+        """Attach to ``server`` and start the Redis link (a backplane serves one server)."""
         if self._server is not None:
             raise RuntimeError("a RedisBackplane serves one server")
         self._server = server
@@ -349,6 +350,8 @@ class RedisBackplane(Backplane):
             )
 
     def publish(self, topic: str, opcode: int, payload: bytes, compress: bool) -> None:
+        """Queue a local publish for Redis (bounded by ``max_pending`` and
+        ``max_pending_bytes``; the oldest is dropped first)."""
         if self._closing or self._outbox_event is None:
             return
         channel = self._channel(topic)
@@ -365,11 +368,13 @@ class RedisBackplane(Backplane):
         self._outbox_event.set()
 
     def subscribe(self, topic: str) -> None:
+        """The first local socket subscribed to ``topic``: subscribe to its channel."""
         channel = self._channel(topic)
         self._wanted[channel] = None
         self._mark_dirty(channel)
 
     def unsubscribe(self, topic: str) -> None:
+        """The last local socket left ``topic``: unsubscribe from its channel."""
         channel = self._channel(topic)
         self._wanted.pop(channel, None)
         self._mark_dirty(channel)

@@ -343,6 +343,7 @@ class DeflateConfig:
 
     @property
     def compress_enabled(self) -> bool:
+        """The server may compress (``compress`` is not ``"disable"``)."""
         return self.compress != "disable"
 
     @property
@@ -352,6 +353,7 @@ class DeflateConfig:
 
     @property
     def compress_mem_level(self) -> int:
+        """zlib memLevel of the configured compressor size (8 when shared)."""
         return _SIZES[self.compress][1] if self.compress in _SIZES else 8
 
     @property

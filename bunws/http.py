@@ -66,6 +66,7 @@ class Headers(Mapping[str, str]):
         return self._joined[name.lower()]
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        """The value of ``name`` (case-insensitive, repeats joined), or ``default``."""
         # Direct lookup: Mapping.get goes through __getitem__ and a try/except.
         return self._joined.get(name.lower(), default)
 
@@ -79,6 +80,7 @@ class Headers(Mapping[str, str]):
         return len(self._joined)
 
     def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` in arrival order, one per header line."""
         key = name.lower()
         return [v for k, v in self._raw if k.lower() == key]
 
@@ -146,10 +148,12 @@ class Request:
         return self._upgraded
 
     def mark_upgraded(self) -> None:
+        """Record that ``server.upgrade(req)`` succeeded (a request upgrades once)."""
         self._upgraded = True
 
     @property
     def body_size(self) -> int:
+        """Length of the request body in bytes."""
         return len(self._body)
 
     @property
@@ -165,6 +169,7 @@ class Request:
 
     @property
     def query_string(self) -> str:
+        """The raw query string after ``?`` (``""`` when there is none)."""
         end = self.target.find("?")
         return "" if end < 0 else self.target[end + 1 :]
 
@@ -187,12 +192,15 @@ class Request:
         return f"{self.scheme}://{host}{self.target}"
 
     async def body(self) -> bytes:
+        """The request body as ``bytes`` (read whole before ``fetch`` runs)."""
         return self._body
 
     async def text(self) -> str:
+        """The request body decoded as UTF-8 (invalid bytes become U+FFFD)."""
         return self._body.decode("utf-8", errors="replace")
 
     async def json(self) -> Any:
+        """The request body parsed as JSON."""
         return _json.loads(self._body)
 
     def __repr__(self) -> str:
@@ -245,6 +253,7 @@ class Response:
         status: int = 200,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> Response:
+        """A response whose body is ``data`` serialised as JSON (``application/json``)."""
         pairs = header_pairs(headers)
         if not any(k.lower() == "content-type" for k, _ in pairs):
             pairs.append(("Content-Type", "application/json;charset=utf-8"))

@@ -118,6 +118,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
+        """A connection was accepted: admit it or answer 503, and arm the handshake timer."""
         self.transport = transport
         server = self.server
         peer = transport.get_extra_info("peername")
@@ -188,12 +189,15 @@ class Connection(asyncio.BufferedProtocol):
         self._advance()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        """The server's one receive buffer (buffered-protocol reads land there)."""
         return self.server.receive_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the receive buffer."""
         self.data_received(self.server.receive_buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the peer: HTTP to the parser, WebSocket frames to the session."""
         if self._tls_pending and self.transport.get_protocol() is self:
             if self._tls_early is None:
                 self._tls_early = bytearray()
@@ -208,6 +212,7 @@ class Connection(asyncio.BufferedProtocol):
             self._http_data(data)
 
     def eof_received(self) -> bool | None:
+        """The peer half-closed: in HTTP, still answer what it asked for."""
         if self.phase is HTTP and not self._http_idle() and self.server.ssl is None:
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
@@ -221,6 +226,7 @@ class Connection(asyncio.BufferedProtocol):
         return None
 
     def pause_writing(self) -> None:
+        """The transport is full: stop producing answers (HTTP) or tell the session."""
         if self.phase is HTTP:
             self._write_blocked = True
             self.update_reading()
@@ -229,6 +235,7 @@ class Connection(asyncio.BufferedProtocol):
             self.session.transport_paused()
 
     def resume_writing(self) -> None:
+        """The transport drained: continue answering (HTTP) or tell the session."""
         if self.phase is HTTP:
             if self._write_blocked:
                 self._write_blocked = False
@@ -237,6 +244,7 @@ class Connection(asyncio.BufferedProtocol):
             self.session.transport_resumed()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is gone: release it and end its session."""
         # Idempotent: a failed TLS handshake reports itself here too.
         self.server.release(self, in_http=self.phase is HTTP)
         session = self.session
@@ -356,6 +364,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
+        """Parser callback: a request starts."""
         self._url = b""
         self._headers = []
         self._body = None
@@ -364,6 +373,7 @@ class Connection(asyncio.BufferedProtocol):
         self._callbacks += 1
 
     def on_url(self, url: bytes) -> None:
+        """Parser callback: part of the request target (bounded by ``max_head_size``)."""
         self._callbacks += 1
         self._url += url
         self._head_bytes += len(url)
@@ -372,6 +382,7 @@ class Connection(asyncio.BufferedProtocol):
             raise _Rejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Parser callback: one header line (bounded by ``max_head_size`` and ``max_headers``)."""
         self._callbacks += 1
         headers = self._headers
         assert headers is not None  # on_message_begin made it
@@ -382,6 +393,7 @@ class Connection(asyncio.BufferedProtocol):
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        """Parser callback: the head is complete; check it before the body."""
         self._callbacks += 1
         self._in_head = False
         parser, headers = self._http, self._headers
@@ -410,6 +422,7 @@ class Connection(asyncio.BufferedProtocol):
                     self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        """Parser callback: part of the body (bounded by ``max_body_size``)."""
         self._callbacks += 1
         if self._body is None:
             self._body = bytearray()
@@ -419,6 +432,7 @@ class Connection(asyncio.BufferedProtocol):
             raise _Rejected
 
     def on_message_complete(self) -> None:
+        """Parser callback: a whole request; queue it for ``fetch`` in order."""
         self._callbacks += 1
         parser, headers, queue = self._http, self._headers, self._queue
         assert parser is not None and headers is not None and queue is not None

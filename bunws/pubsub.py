@@ -52,6 +52,7 @@ class PubSub:
 
     # ---------------------------------------------------------------- registry
     def subscribe(self, topic: str, ws: ServerWebSocket) -> None:
+        """Add ``ws`` to ``topic`` (the topic's first subscriber tells the backplane)."""
         subs = self._topics.get(topic)
         if subs is None:
             self._topics[topic] = {ws: None}
@@ -60,6 +61,7 @@ class PubSub:
             subs[ws] = None
 
     def unsubscribe(self, topic: str, ws: ServerWebSocket) -> None:
+        """Remove ``ws`` from ``topic``; a topic left empty is forgotten (backplane told)."""
         subs = self._topics.get(topic)
         if subs is not None:
             subs.pop(ws, None)
@@ -82,6 +84,7 @@ class PubSub:
         return list(self._topics)
 
     def count(self, topic: str) -> int:
+        """Local subscribers of ``topic`` (0 for an unknown one)."""
         subs = self._topics.get(topic)
         return len(subs) if subs else 0
 
@@ -106,6 +109,8 @@ class PubSub:
         self, topic: str, opcode: int, payload: bytes, compress: bool,
         exclude: ServerWebSocket | None = None,
     ) -> int:
+        """Publish an already encoded message here and through the backplane;
+        returns Bun's local status."""
         status = self.deliver_local(topic, opcode, payload, compress, exclude)
         if self.backplane is not None:
             try:
@@ -201,6 +206,7 @@ class ThreadsafePublisher:
 
     @property
     def queued_bytes(self) -> int:
+        """Payload bytes handed over by other threads and not yet published."""
         return self._queued_bytes
 
 

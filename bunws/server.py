@@ -158,6 +158,7 @@ class Server:
 
     @property
     def url(self) -> str:
+        """``scheme://host:port/`` of the listener (an IPv6 host in brackets)."""
         host = self.hostname
         if ":" in host:
             host = f"[{host}]"
@@ -167,6 +168,7 @@ class Server:
     # What connections and sessions use; applications have no need for these.
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on."""
         return self._loop
 
     @property
@@ -176,14 +178,17 @@ class Server:
 
     @property
     def websocket_handler(self) -> WebSocketHandler:
+        """The :class:`~bunws.WebSocketHandler` given to ``serve``."""
         return self._websocket
 
     @property
     def scheme(self) -> str:
+        """``"https"`` with ``ssl=``, else ``"http"``."""
         return self._scheme
 
     @property
     def stopping(self) -> bool:
+        """``stop()`` has begun: new connections and handshakes are refused."""
         return self._stopping
 
     @property
@@ -213,9 +218,11 @@ class Server:
         self._http_connections -= 1
 
     def websocket_opened(self) -> None:
+        """A WebSocket opened (counted in ``pending_websockets``)."""
         self._pending_websockets += 1
 
     def websocket_closed(self) -> None:
+        """A WebSocket closed (no longer counted in ``pending_websockets``)."""
         self._pending_websockets -= 1
 
     def release(self, conn: Connection, in_http: bool) -> None:

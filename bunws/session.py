@@ -99,6 +99,7 @@ class WebSocketSession:
 
     # ================================================================ read side
     def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer: parse the frames and dispatch them."""
         self.last_inbound = self.server.clock()
         self.ping_sent = False
         state = self.state
@@ -132,6 +133,7 @@ class WebSocketSession:
         self.backlog = events
 
     def on_ping(self, payload: bytes) -> None:
+        """A Ping arrived: answer it, then call the ``ping`` handler."""
         ws = self.ws
         ws.queue_pong(payload)
         handler = self.handler.ping
@@ -139,6 +141,7 @@ class WebSocketSession:
             self.call("ping", handler, ws, ws.binary(payload))
 
     def on_pong(self, payload: bytes) -> None:
+        """A Pong arrived: call the ``pong`` handler."""
         handler = self.handler.pong
         if handler is not None:
             self.call("pong", handler, self.ws, self.ws.binary(payload))
@@ -228,9 +231,11 @@ class WebSocketSession:
 
     # ================================================================ flow control
     def transport_paused(self) -> None:
+        """The transport is full: sends report -1 from now on."""
         self.ws.transport_paused()
 
     def transport_resumed(self) -> None:
+        """The transport drained: send the pong kept back, then run ``drain``."""
         # With a high-water mark of 0 this runs exactly when the transport's buffer is
         # empty again: the pong kept back goes out, then ``drain`` runs.
         if self.ws.transport_resumed() and self.state is SessionState.OPEN:
@@ -239,6 +244,7 @@ class WebSocketSession:
                 self.ws.run_corked(self.call, "drain", drain, self.ws)
 
     def pause(self) -> None:
+        """Hold inbound messages back (``ws.pause()``); reading stops."""
         if self.paused or self.state is not SessionState.OPEN:
             return
         self.paused = True
@@ -248,6 +254,7 @@ class WebSocketSession:
         self.conn.update_reading()
 
     def resume(self) -> None:
+        """Dispatch the held messages, then read again (``ws.resume()``)."""
         if not self.paused:
             return
         self.paused = False
@@ -296,6 +303,8 @@ class WebSocketSession:
 
     # ================================================================ handlers
     def call(self, name: str, fn: Any, *args: Any) -> None:
+        """Run handler ``fn(*args)``; an exception goes to ``handler_error``, a
+        coroutine becomes a task."""
         try:
             result = fn(*args)
         except Exception as exc:

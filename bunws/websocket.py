@@ -70,6 +70,7 @@ class ServerWebSocket(WebSocketCore):
     # ---------------------------------------------------------------- properties
     @property
     def remote_address(self) -> str | None:
+        """The TCP peer's IP address, or ``None`` when unknown."""
         return self._remote_address
 
     @property
@@ -109,12 +110,14 @@ class ServerWebSocket(WebSocketCore):
             self._session.pause()
 
     def resume(self) -> None:
+        """Dispatch inbound messages again, starting with those held back."""
         self.check_thread()
         if self._session is not None:
             self._session.resume()
 
     # ---------------------------------------------------------------- pub/sub
     def subscribe(self, topic: str) -> bool:
+        """Subscribe to ``topic``: ``True`` (even if already subscribed), ``False`` once closed."""
         self.check_thread()
         check_topic(topic)
         if self.ready_state != 1:
@@ -127,6 +130,7 @@ class ServerWebSocket(WebSocketCore):
         return True
 
     def unsubscribe(self, topic: str) -> bool:
+        """Leave ``topic``; ``True`` only when the socket was subscribed to it."""
         self.check_thread()
         check_topic(topic)
         if self.ready_state != 1 or not self._topics or topic not in self._topics:
@@ -136,6 +140,7 @@ class ServerWebSocket(WebSocketCore):
         return True
 
     def is_subscribed(self, topic: str) -> bool:
+        """Whether this socket is subscribed to ``topic``."""
         check_topic(topic)
         return bool(self._topics) and topic in self._topics  # type: ignore[operator]
 
@@ -151,6 +156,8 @@ class ServerWebSocket(WebSocketCore):
         return self._pubsub.publish(topic, data, compress, self._publish_exclude())
 
     def publish_text(self, topic: str, data: str, compress: bool = False) -> int:
+        """Publish a text message (``data`` must be a ``str``) like :meth:`publish`;
+        an empty topic returns 0, as in Bun."""
         if type(data) is not str:
             raise InvalidType(f"publish_text expects a str, got {type(data).__name__}")
         self.check_thread()
@@ -164,6 +171,7 @@ class ServerWebSocket(WebSocketCore):
     def publish_binary(
         self, topic: str, data: bytes | bytearray | memoryview, compress: bool = False
     ) -> int:
+        """Publish a binary message (``data`` must be bytes-like) like :meth:`publish`."""
         self.check_thread()
         check_topic(topic)
         if compress is not False:
