@@ -167,7 +167,8 @@ class RedisBackplane(Backplane):
             queued publish), 4 MiB by default. A publish larger than this on its
             own is dropped; otherwise the oldest queued ones make room. Drops of
             either bound are counted in ``stats["dropped"]``.
-        backoff_initial, backoff_max: reconnect delays (doubling, with jitter).
+        backoff_initial: the first reconnect delay (it doubles, with jitter).
+        backoff_max: the longest reconnect delay.
         health_check_interval: seconds between PINGs on the subscriber
             connection; a connection silent for 3 intervals is considered dead.
         connect_timeout: TCP connect timeout, and how long :meth:`start` waits for
