@@ -1,9 +1,9 @@
 """The documentation site: ``mkdocs build --strict`` passes, and fails when it should.
 
 The real build runs once, in this process, into a temporary directory (never the
-repository). The
-missing-docstring check (``scripts/docstring_check.py``) is tested on its own and
-inside a tiny strict build that must fail, so a check that cannot fail would show.
+repository). The missing-docstring check (``scripts/docstring_check.py``) is tested on
+its own and inside a tiny strict build that must fail, so a check that cannot fail
+would show.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ finally:
 
 
 class Collect(logging.Handler):
+    """Keeps the build's warnings (what ``--strict`` counts) for the assertion message."""
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.lines: list[str] = []
