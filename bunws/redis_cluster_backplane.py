@@ -20,7 +20,9 @@ Why not redis-py's own asyncio ``ClusterPubSub`` (8.x): it reconnects and
 resubscribes behind the caller's back (no gap to report), polls node by node for
 messages, and moves a shard subscription only when a *command* meets ``MOVED``, so
 a ``sunsubscribe`` pushed after a slot migration leaves the channel silently
-unsubscribed. Routing here, on redis-py's connection API, keeps every event visible.
+unsubscribed (redis-py 8.1.0 against Redis 7.0: after ``CLUSTER SETSLOT ... NODE``
+the new owner counted 0 subscribers and no message arrived). Routing here, on
+redis-py's connection API, keeps every event visible and reported.
 """
 
 from __future__ import annotations
