@@ -190,7 +190,7 @@ def parse_shards(reply: object, fallback_host: str) -> Topology:
     """A :class:`Topology` from a RESP2 ``CLUSTER SHARDS`` reply (Redis 7+).
 
     A master that is not online still owns its slots (the cluster has not failed
-    it over yet); replicas that are not online are left out.
+    it over yet); replicas the cluster marked failed are left out.
     """
     if not isinstance(reply, list):
         raise ClusterReplyError("CLUSTER SHARDS did not answer a list")
@@ -215,7 +215,9 @@ def parse_shards(reply: object, fallback_host: str) -> Topology:
             role = _text(info.get("role", b""))
             if role == "master":
                 master = address
-            elif _text(info.get("health", b"online")) == "online":
+            elif _text(info.get("health", b"online")) != "fail":
+                # "loading" also covers a synced replica of a shard that has never
+                # been written to (its replication offset is still 0).
                 replicas.append(address)
         if ranges and master is not None:
             shards.append(Shard(ranges, master, replicas))

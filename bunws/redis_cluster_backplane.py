@@ -286,6 +286,9 @@ class RedisClusterBackplane(RedisBackplane):
                 conn = self._subs.get(address)
                 if conn is None:
                     conn = await self._connect(address)
+                    if self.read_from_replicas:
+                        # A replica serves a client that said READONLY, not only its master.
+                        await self._ask(conn, "READONLY")
                     self._subs[address] = conn
                     self._conns = (*self._subs.values(), *self._pubs.values())
                     self._last_rx_at[address] = asyncio.get_running_loop().time()

@@ -63,10 +63,12 @@ def test_parse_topology_rejects_malformed_replies() -> None:
     good = [[b"slots", [0, 16383], b"nodes", [[b"id", b"x", b"port", 7000, b"ip", b"10.0.0.1", b"endpoint", b"",
                                                  b"role", b"master", b"health", b"online"],
                                                 [b"id", b"y", b"port", 7001, b"ip", b"10.0.0.2", b"endpoint", b"10.0.0.2",
-                                                 b"role", b"replica", b"health", b"loading"]]]]
+                                                 b"role", b"replica", b"health", b"loading"],
+                                                [b"id", b"z", b"port", 7002, b"ip", b"10.0.0.3", b"endpoint", b"10.0.0.3",
+                                                 b"role", b"replica", b"health", b"fail"]]]]
     topology = parse_shards(good, "seed")
     assert topology.masters == [("seed", 7000)]  # "" endpoint: where we reached the node
-    assert topology.shard_of(123).replicas == []  # a replica that is not online is not used
+    assert topology.shard_of(123).replicas == [("10.0.0.2", 7001)]  # a failed replica is not used
     slots = parse_slots([[0, 99, [b"h", 7000, b"id"], [b"r", 7001, b"id2"]], [100, 16383, [b"h", 7000, b"id"]]], "seed")
     assert len(slots.shards) == 1 and slots.shards[0].ranges == [(0, 99), (100, 16383)]
     assert slots.shard_of(5).replicas == [("r", 7001)]
@@ -226,6 +228,24 @@ async def test_subscriptions_follow_local_sockets(cluster: RedisCluster) -> None
         a.publish(topics[0], "again")
         assert await asyncio.wait_for(ws.recv(), 5) == "again"
         assert b.backplane.stats["gaps"] == 0 and b.backplane.stats["redirects"] == 0
+        await ws.close()
+
+
+@ASYNCIO_ONLY
+async def test_read_from_replicas(cluster: RedisCluster) -> None:
+    prefix = f"t{uuid.uuid4().hex[:6]}:"
+    topics = topics_over_all_shards(cluster, prefix, 32)
+    seeds = (cluster.live_ports()[0], cluster.live_ports()[1])
+    async with two_nodes(cluster, seeds, sharded=True, channel_prefix=prefix, read_from_replicas=True) as (a, b, _):
+        ws = await subscriber(b, topics)
+        for topic in topics:
+            a.publish(topic, topic)
+        assert await receive_set(ws, len(topics)) == set(topics)
+        for topic in topics[:6]:
+            channel = prefix + topic
+            shard = next(s for s in cluster.shards() if s["master"] == cluster.master_of_slot(key_slot(channel.encode())))
+            assert cluster.call(shard["replicas"][0], "PUBSUB", "SHARDNUMSUB", channel)[1] == 1
+            assert cluster.call(shard["master"], "PUBSUB", "SHARDNUMSUB", channel)[1] == 0
         await ws.close()
 
 
