@@ -201,7 +201,7 @@ class RedisBackplane(Backplane):
 
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str | list[str] = "redis://127.0.0.1:6379/0",
         channel_prefix: str = "bunws:",
         sharded: bool = False,
         node_id: str | bytes | None = None,

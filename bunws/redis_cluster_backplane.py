@@ -64,8 +64,9 @@ class RedisClusterBackplane(RedisBackplane):
     Made by ``RedisBackplane(url_or_urls, cluster=True, ...)``; it takes the same
     arguments. ``url`` is one seed URL or a list of them (``redis://`` or
     ``rediss://``, one host each; credentials and TLS of the first apply to every
-    node). ``topology`` is the slot map of the current session, ``None`` before
-    the first one.
+    node). ``urls`` keeps the seeds; ``url`` names the node in use for classic
+    pub/sub (the first seed for sharded). ``topology`` is the slot map of the
+    current session, ``None`` before the first one.
     """
 
     def __init__(self, url: Any = "redis://127.0.0.1:6379/0", *args: Any, **kwargs: Any) -> None:

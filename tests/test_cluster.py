@@ -249,6 +249,33 @@ async def test_read_from_replicas(cluster: RedisCluster) -> None:
         await ws.close()
 
 
+@ASYNCIO_ONLY
+async def test_a_subprocess_node_seeded_with_a_list(cluster: RedisCluster) -> None:
+    """A ``bunws.run`` process (tests/backplane_node.py) seeded with two other nodes."""
+    from test_backplane import http_get, node
+
+    prefix = f"t{uuid.uuid4().hex[:6]}:"
+    topics = topics_over_all_shards(cluster, prefix, 16)
+    seeds = ",".join(cluster.node(p).url for p in cluster.live_ports()[2:])
+    async with two_nodes(cluster, (cluster.live_ports()[0], cluster.live_ports()[1]), sharded=True,
+                         channel_prefix=prefix) as (a, _, _gaps):
+        async with node(seeds, prefix, CLUSTER="1", SHARDED="1") as port:
+            ws = await asyncio.wait_for(connect(f"ws://127.0.0.1:{port}/ws?sub={','.join(topics)}"), 5)
+            assert (await asyncio.wait_for(ws.recv(), 5)).startswith("hello ")
+            async with asyncio.timeout(5):
+                for topic in topics:
+                    while await http_get(port, f"/confirmed?topic={topic}") != "1":
+                        await asyncio.sleep(0.01)
+            for topic in topics:
+                a.publish(topic, topic)
+            assert await receive_set(ws, len(topics)) == set(topics)
+            back = await subscriber(a, [topics[0]])  # and from the subprocess to A
+            await ws.send(f"P {topics[0]} back")
+            assert await asyncio.wait_for(back.recv(), 5) == "back"
+            await ws.close()
+            await back.close()
+
+
 class SteadyPublisher:
     """Publishes ``0, 1, 2, ...`` on one topic from one server every 2 ms."""
 
