@@ -289,7 +289,11 @@ class RedisClusterBackplane(RedisBackplane):
                     conn = await self._connect(address)
                     if self.read_from_replicas:
                         # A replica serves a client that said READONLY, not only its master.
-                        await self._ask(conn, "READONLY")
+                        try:
+                            await self._ask(conn, "READONLY")
+                        except BaseException:
+                            await conn.disconnect(nowait=True)
+                            raise
                     self._subs[address] = conn
                     self._conns = (*self._subs.values(), *self._pubs.values())
                     self._last_rx_at[address] = asyncio.get_running_loop().time()
