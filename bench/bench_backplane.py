@@ -36,6 +36,20 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 # --------------------------------------------------------------------------- server
+def make_backplane():  # type: ignore[no-untyped-def]
+    """The backplane ``REDIS_URL`` names; with ``CLUSTER=1`` it is a comma-separated
+    list of cluster nodes, and each worker is seeded with a different one."""
+    import bunws
+    from bunws.workers import worker_id
+
+    url = os.environ["REDIS_URL"]
+    if os.environ.get("CLUSTER") != "1":
+        return bunws.RedisBackplane(url)
+    urls = url.split(",")
+    first = (worker_id() or 0) % len(urls)
+    return bunws.RedisBackplane(urls[first:] + urls[:first], cluster=True, sharded=os.environ.get("SHARDED") == "1")
+
+
 def serve() -> None:
     sys.path.insert(0, ROOT)
     import bunws
@@ -61,7 +75,7 @@ def serve() -> None:
     url = os.environ.get("REDIS_URL")
     options = {}
     if url:
-        options["backplane"] = (lambda: bunws.RedisBackplane(url)) if workers > 1 else bunws.RedisBackplane(url)
+        options["backplane"] = make_backplane if workers > 1 else make_backplane()
     if workers > 1:
         options["workers"] = workers
     bunws.run(
@@ -80,11 +94,11 @@ def serve() -> None:
 
 
 class Server:
-    def __init__(self, workers: int, redis_url: str | None) -> None:
+    def __init__(self, workers: int, redis_url: str | None, **extra_env: str) -> None:
         from redis_server import free_port
 
         self.port = free_port()
-        env = dict(os.environ, PORT=str(self.port), WORKERS=str(workers), PYTHONPATH=ROOT)
+        env = dict(os.environ, PORT=str(self.port), WORKERS=str(workers), PYTHONPATH=ROOT, **extra_env)
         if redis_url:
             env["REDIS_URL"] = redis_url
         self.p = subprocess.Popen([sys.executable, __file__, "--serve"], env=env, start_new_session=True)
@@ -179,7 +193,7 @@ def main() -> None:
     from _harness import build_c, machine_info
     from redis_server import RedisServer, find_or_install
 
-    loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"))
+    loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"), libs=["-lz"])
     path, why = find_or_install()
     if path is None:
         sys.exit(f"redis-server unavailable: {why}")

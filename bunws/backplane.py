@@ -154,7 +154,13 @@ class RedisBackplane(Backplane):
             each app its own prefix when apps share a Redis.
         sharded: use Redis 7 sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``), which
             keeps a message on the shard that owns its channel instead of
-            broadcasting it to every cluster node. The URL names the node to talk to.
+            broadcasting it to every cluster node. Without ``cluster`` the URL
+            names the one node to talk to.
+        cluster: the URL (or a list of seed URLs) names nodes of a Redis Cluster;
+            the backplane then follows the cluster's slot map (see
+            ``RedisClusterBackplane``).
+        read_from_replicas: with ``cluster`` and ``sharded``, subscribe on a
+            replica of each shard instead of its master.
         node_id: this process's id in the wire format (≤255 bytes). By default a
             random id is drawn in :meth:`start`, so forked workers differ. Give one
             only if it is unique per process.
@@ -178,21 +184,32 @@ class RedisBackplane(Backplane):
     Redis), ``delivered`` (handed to local subscribers), ``own`` (this process's
     messages coming back), ``dropped`` (publishes over ``max_pending`` /
     ``max_pending_bytes``), ``gaps`` (reconnections), ``foreign`` (messages on a
-    bunws channel that are not envelopes) and ``invalid`` (malformed envelopes and
-    text payloads that are not UTF-8).
+    bunws channel that are not envelopes), ``invalid`` (malformed envelopes and
+    text payloads that are not UTF-8), and for a cluster ``redirects`` (``MOVED``/
+    ``ASK`` answers and subscriptions the server dropped because a slot moved) and
+    ``refreshes`` (topology reads).
 
     Raises:
         ImportError: the ``redis`` package is missing (``pip install bunws[redis]``).
     """
 
+    def __new__(cls, *args: Any, cluster: bool = False, **kwargs: Any) -> RedisBackplane:
+        if cluster and cls is RedisBackplane:
+            from .redis_cluster_backplane import RedisClusterBackplane
+
+            return super().__new__(RedisClusterBackplane)
+        return super().__new__(cls)
+
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str | list[str] = "redis://127.0.0.1:6379/0",
         channel_prefix: str = "bunws:",
         sharded: bool = False,
         node_id: str | bytes | None = None,
         on_gap: Callable[[float], Any] | None = None,
         *,
+        cluster: bool = False,
+        read_from_replicas: bool = False,
         max_pending: int = 10_000,
         max_pending_bytes: int = 4 * 1024 * 1024,
         backoff_initial: float = 0.05,
@@ -204,6 +221,10 @@ class RedisBackplane(Backplane):
             import redis.asyncio  # noqa: F401
         except ImportError as exc:  # pragma: no cover - redis is a test dependency
             raise ImportError("RedisBackplane needs the redis package: pip install 'bunws[redis]'") from exc
+        if not isinstance(url, str):
+            raise TypeError("url must be a str (a list of seed URLs needs cluster=True)")
+        if read_from_replicas and not cluster:
+            raise ValueError("read_from_replicas needs cluster=True")
         if not isinstance(channel_prefix, str):
             raise TypeError("channel_prefix must be a str")
         if isinstance(node_id, str):
@@ -274,6 +295,8 @@ class RedisBackplane(Backplane):
             "gaps": 0,
             "foreign": 0,
             "invalid": 0,
+            "redirects": 0,
+            "refreshes": 0,
         }
 
     # ------------------------------------------------------------------ introspection

@@ -1,6 +1,6 @@
 """One bunws node with a RedisBackplane, run as a subprocess by tests/test_backplane.py.
 
-Environment: ``REDIS_URL``, ``PREFIX`` (channel prefix), ``SHARDED=1``,
+Environment: ``REDIS_URL`` (with ``CLUSTER=1``: comma-separated cluster seeds), ``PREFIX`` (channel prefix), ``SHARDED=1``,
 ``PUBLISH_TO_SELF=1``, ``WORKERS`` (default 1), ``SOCKET_SHARING``, ``PORT``. Prints ``{"port": N}`` once
 listening (single process). Routes:
 
@@ -67,11 +67,14 @@ def message(ws, msg):
 
 def main() -> None:
     def backplane():
+        url = os.environ["REDIS_URL"]
+        cluster = os.environ.get("CLUSTER") == "1"
         return bunws.RedisBackplane(
-            os.environ["REDIS_URL"],
+            url.split(",") if cluster else url,
             channel_prefix=os.environ.get("PREFIX", "bunws:"),
             sharded=os.environ.get("SHARDED") == "1",
             on_gap=gaps.append,
+            **({"cluster": True} if cluster else {}),
         )
 
     workers = int(os.environ.get("WORKERS", "1"))

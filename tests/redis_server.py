@@ -4,7 +4,10 @@
 Debian's package (``apt-get install -y redis-server``, with ``apt-get update`` on a
 first failure); it returns ``None`` with the reason when that is impossible.
 ``RedisServer`` runs one instance with no persistence in a temp dir and can be
-killed and restarted on the same port (the reconnect tests).
+killed and restarted on the same port (the reconnect tests). ``RedisCluster``
+runs a cluster of such servers (``--cluster-enabled yes``, built with
+``redis-cli --cluster create``) on ports below 55535, whose bus ports (+10000) are
+free too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import random
 import tempfile
 import time
 
@@ -66,15 +70,38 @@ def version(path: str) -> tuple[int, ...]:
     return (0,)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    """``count`` free ports below 55535 whose cluster bus ports (+10000) are free."""
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(2000):
+        if len(ports) == count:
+            return ports
+        port = rng.randrange(20000, 55535)
+        if port not in ports and _port_free(port) and _port_free(port + 10000):
+            ports.append(port)
+    raise RuntimeError("no free port pairs for a Redis Cluster")
+
+
 class RedisServer:
     """One private redis-server; ``url`` stays valid across ``kill()``/``start()``."""
 
-    def __init__(self, path: str, port: int | None = None) -> None:
+    def __init__(self, path: str, port: int | None = None, extra: list[str] | None = None) -> None:
         self.path = path
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="bunws-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra or []
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
@@ -82,6 +109,7 @@ class RedisServer:
                 self.path, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -122,3 +150,146 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _as_dict(entry: object) -> dict[str, object]:
+    """A CLUSTER SHARDS entry as a dict (redis-py parses it into one; raw is flat)."""
+    if isinstance(entry, dict):
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    return {entry[i].decode(): entry[i + 1] for i in range(0, len(entry), 2)}  # type: ignore[index]
+
+
+class RedisCluster:
+    """``masters`` masters with ``replicas`` replicas each, on loopback.
+
+    ``cluster-node-timeout`` is short (``node_timeout_ms``) so a killed master is
+    failed over in about a second. ``nodes`` lists every server; which are masters
+    changes with failovers, so ask ``master_ports()``.
+    """
+
+    def __init__(self, path: str, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.path = path
+        self.cli = os.path.join(os.path.dirname(path), "redis-cli")
+        if not os.path.exists(self.cli):
+            self.cli = shutil.which("redis-cli") or "redis-cli"
+        self.masters = masters
+        self.replicas = replicas
+        ports = free_cluster_ports(masters * (1 + replicas))
+        self.nodes = [
+            RedisServer(path, port, [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "yes",
+                "--repl-diskless-sync-delay", "0",
+            ])
+            for port in ports
+        ]
+        self.urls = [n.url for n in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        r = subprocess.run(
+            [self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {r.stdout[-400:]} {r.stderr[-400:]}")
+        self.wait_healthy(timeout)
+
+    def call(self, port: int, *args: object) -> object:
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as r:
+            return r.execute_command(*args)
+
+    def shards(self, port: int | None = None) -> list[dict[str, object]]:
+        """``[{"slots": [...], "master": port, "replicas": [ports], "master_id": id}]``."""
+        reply = self.call(port or self.live_ports()[0], "CLUSTER", "SHARDS")
+        out = []
+        for entry in reply:  # type: ignore[union-attr]
+            fields = _as_dict(entry)
+            shard: dict[str, object] = {"slots": fields["slots"], "replicas": [], "replicas_online": 0}
+            for node in fields["nodes"]:  # type: ignore[union-attr]
+                info = _as_dict(node)
+                if info["role"] == b"master":
+                    shard["master"] = int(info["port"])  # type: ignore[call-overload]
+                    shard["master_id"] = info["id"].decode()  # type: ignore[union-attr]
+                    shard["health"] = info["health"].decode()  # type: ignore[union-attr]
+                else:
+                    shard["replicas"].append(int(info["port"]))  # type: ignore[union-attr, call-overload]
+                    shard["replicas_online"] += info["health"] == b"online"  # type: ignore[operator]
+            out.append(shard)
+        return out
+
+    def live_ports(self) -> list[int]:
+        return [n.port for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def master_of_slot(self, slot: int, port: int | None = None) -> int:
+        for shard in self.shards(port):
+            slots = shard["slots"]
+            for i in range(0, len(slots), 2):  # type: ignore[arg-type]
+                if slots[i] <= slot <= slots[i + 1]:  # type: ignore[index]
+                    return shard["master"]  # type: ignore[return-value]
+        raise LookupError(f"slot {slot} is not served")
+
+    def node_id(self, port: int) -> str:
+        return self.call(port, "CLUSTER", "MYID").decode()  # type: ignore[union-attr]
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok and sees one master per shard,
+        and every replica is in sync with its master."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ok = True
+                for port in self.live_ports():
+                    info = self.call(port, "CLUSTER", "INFO").decode()  # type: ignore[union-attr]
+                    if "cluster_state:ok" not in info:
+                        ok = False
+                        break
+                    masters = [s for s in self.shards(port) if s.get("health") == "online" and s["slots"]]
+                    if len(masters) != self.masters:
+                        ok = False
+                        break
+                    role = self.call(port, "ROLE")
+                    if role[0] == b"slave" and role[3] != b"connected":  # type: ignore[index]
+                        ok = False
+                        break
+                if ok:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the Redis Cluster did not become healthy in time")
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Migrate ``slot`` to the master at ``to_port`` (SETSLOT IMPORTING/MIGRATING,
+        MIGRATE of its keys, SETSLOT NODE on both sides), as redis-cli reshard does."""
+        src = self.master_of_slot(slot, to_port)
+        if src == to_port:
+            return
+        src_id, dst_id = self.node_id(src), self.node_id(to_port)
+        self.call(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        self.call(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while True:
+            keys = self.call(src, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                break
+            self.call(src, "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)  # type: ignore[misc]
+        self.call(to_port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self.call(src, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        for port in self.live_ports():
+            if port not in (src, to_port):
+                try:
+                    self.call(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                except Exception:
+                    pass  # replicas refuse; they learn it from their master
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
