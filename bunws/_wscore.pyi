@@ -20,6 +20,20 @@ class _DispatchSession(Protocol):
     def handler_error(self, exc: Exception) -> None: ...
     def spawn(self, coro: Any) -> None: ...
 
+class Counters:
+    """A server's traffic counters (C integers, shared by its sockets)."""
+
+    messages_received: int
+    messages_sent: int
+    bytes_received: int
+    bytes_sent: int
+    sends_backpressured: int
+    sends_dropped: int
+    drains: int
+    deliveries: int
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict of ints."""
+
 class WebSocketCore:
     """Write-side state and send methods of :class:`bunws.ServerWebSocket`."""
 
@@ -58,6 +72,7 @@ class WebSocketCore:
         on_over_limit: Callable[[], Any],
         deflater: Any = None,
         shared_deflate: bool = False,
+        counters: Counters | None = None,
     ) -> None: ...
     def run_corked(self, fn: Callable[..., T], *args: Any) -> T: ...
     def check_thread(self) -> None: ...
@@ -73,6 +88,9 @@ class WebSocketCore:
     def release(self) -> None: ...
     @property
     def high_water(self) -> int: ...
+    @property
+    def counters(self) -> Counters:
+        """The counters this socket counts into."""
 
 def as_bytes(data: Any, what: str) -> bytes:
     """``bytes`` of a bytes-like argument; InvalidType for anything else."""
@@ -80,7 +98,9 @@ def as_bytes(data: Any, what: str) -> bytes:
 def encode_text(text: str, what: str = "send") -> bytes:
     """UTF-8 of ``text``; InvalidArgument (a ValueError) when it holds a lone surrogate."""
 
-def dispatch(ws: WebSocketCore, events: list[Any], session: _DispatchSession) -> None: ...
+def dispatch(
+    ws: WebSocketCore, events: list[Any], session: _DispatchSession, nbytes: int = 0
+) -> None: ...
 def fan_out(
     receivers: dict[Any, None],
     opcode: int,
