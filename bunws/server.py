@@ -461,6 +461,8 @@ class Server:
         if backplane is not None:
             counts = getattr(backplane, "stats", None)
             info: dict[str, Any] = dict(counts) if isinstance(counts, Mapping) else {}
+            # RedisBackplane counts its reconnections as "gaps" (each may lose messages).
+            info.setdefault("reconnects", info.get("gaps", 0))
             info["connected"] = bool(getattr(backplane, "connected", False))
             snap["backplane"] = info
         return snap
