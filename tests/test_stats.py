@@ -251,3 +251,22 @@ def test_compiled_counters_count_sends_and_fan_out() -> None:
         assert counters.bytes_received == 7
     finally:
         loop.close()
+
+
+async def test_demo_serves_stats_json() -> None:
+    import websockets
+    from test_demo import demo_server, http, url
+
+    async with demo_server() as server:
+        async with websockets.connect(url(server, "/echo"), compression=None) as ws:
+            for msg in ("one", "two"):
+                await ws.send(msg)
+                assert await asyncio.wait_for(ws.recv(), 5) == msg
+            status, headers, body = await http(server.port, "GET", "/stats")
+            assert status == 200 and headers["content-type"].startswith("application/json")
+            live = json.loads(body)
+            assert live["connections_open"] == 1 and live["messages_received"] == 2
+            assert live["messages_sent"] == 2 and live["http_requests"] == 2
+        await eventually(lambda: server.stats()["connections_open"] == 0)
+        status, _, body = await http(server.port, "GET", "/stats")
+        assert json.loads(body)["close_codes"] == {"1000": 1}
