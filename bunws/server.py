@@ -442,7 +442,8 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """A JSON-ready snapshot of this process's counters and gauges (README,
-        "Stats and metrics"; under ``run(workers=N)`` see :mod:`bunws.metrics`).
+        "Stats and metrics"). Under ``run(workers=N)`` it is this worker's part;
+        :func:`bunws.workers.cluster_stats` sums every worker's.
 
         Cheap enough to call every second: one pass over the open connections for
         ``buffered_bytes``, the rest is read from counters kept as things happen.

@@ -86,9 +86,23 @@ def cluster_stats(server: Any) -> dict[str, Any]:
                 snap = json.load(f)
         except (OSError, ValueError):
             continue  # a worker that is restarting, or a file being replaced
-        if isinstance(snap, dict):
+        if _well_formed(snap):
             snapshots.append(snap)
     return combine(snapshots)
+
+
+def _well_formed(snap: Any) -> bool:
+    """A snapshot ``combine`` can sum: numbers, or dicts of numbers (a bool counts
+    as one: the backplane's ``connected``)."""
+    if not isinstance(snap, dict):
+        return False
+    for value in snap.values():
+        if isinstance(value, dict):
+            if not all(isinstance(v, (int, float)) for v in value.values()):
+                return False
+        elif not isinstance(value, (int, float)):
+            return False
+    return True
 
 
 def _write_stats(server: Any, directory: str, index: int) -> None:

@@ -271,3 +271,19 @@ async def test_demo_serves_stats_json() -> None:
         await eventually(lambda: server.stats()["connections_open"] == 0)
         status, _, body = await http(server.port, "GET", "/stats")
         assert json.loads(body)["close_codes"] == {"1000": 1}
+
+
+async def test_cluster_stats_sums_the_other_workers_files(tmp_path: Any, monkeypatch: Any) -> None:
+    from bunws.workers import STATS_DIR_ENV, cluster_stats
+
+    async with running() as server:
+        assert cluster_stats(server) == server.stats()  # not under run(workers=N)
+        monkeypatch.setenv(STATS_DIR_ENV, str(tmp_path))
+        monkeypatch.setenv("BUNWS_WORKER_ID", "0")
+        (tmp_path / "0.json").write_text(json.dumps({"http_requests": 1000}))  # our own: stale, skipped
+        (tmp_path / "1.json").write_text(json.dumps({"http_requests": 5, "close_codes": {"1000": 2}}))
+        (tmp_path / "2.json").write_text('{"http_requests": "many"}')  # not summable: skipped
+        (tmp_path / "3.json").write_text('{"http_req')  # half written: skipped
+        total = cluster_stats(server)
+        assert total["workers"] == 2 and total["http_requests"] == 5
+        assert total["close_codes"] == {"1000": 2}
