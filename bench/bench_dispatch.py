@@ -67,14 +67,8 @@ class StubTransport:
         return False
 
 
-async def measure(frames: int, size: int, repeat: int, rounds: int) -> list[float]:
-    def echo(ws: bunws.ServerWebSocket, msg: object) -> None:
-        ws.send(msg)
-
-    def fetch(req: Request, server: bunws.Server) -> None:
-        server.upgrade(req)
-
-    server = await bunws.serve(fetch, bunws.WebSocketHandler(message=echo), port=0)
+def upgraded(server: bunws.Server) -> tuple[Connection, StubTransport]:
+    """A real Connection on a stub transport, upgraded by the server's ``fetch``."""
     conn = Connection(server)
     transport = StubTransport()
     conn.connection_made(transport)
@@ -91,6 +85,18 @@ async def measure(frames: int, size: int, repeat: int, rounds: int) -> list[floa
         connection=conn,
     )
     assert server.upgrade(req)
+    return conn, transport
+
+
+async def measure(frames: int, size: int, repeat: int, rounds: int) -> list[float]:
+    def echo(ws: bunws.ServerWebSocket, msg: object) -> None:
+        ws.send(msg)
+
+    def fetch(req: Request, server: bunws.Server) -> None:
+        server.upgrade(req)
+
+    server = await bunws.serve(fetch, bunws.WebSocketHandler(message=echo), port=0)
+    conn, transport = upgraded(server)
     batch = wire.client(wire.BINARY, b"x" * size) * frames
     if hasattr(conn, "get_buffer"):
         # A BufferedProtocol: copy into its buffer as the transport's recv_into would.

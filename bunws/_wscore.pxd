@@ -10,6 +10,19 @@
 # call order. Only `data` and `transport` are writable from Python; the rest is
 # private or readonly.
 
+cdef class Counters:
+    # One per Server, shared by its sockets: C integer adds on the hot paths
+    # (queue_frame, flush, dispatch, fan_out), read by Server.stats().
+    cdef public long long messages_received   # data messages parsed (text/binary)
+    cdef public long long messages_sent       # data messages queued to sockets (sends + deliveries)
+    cdef public long long bytes_received      # wire bytes read (HTTP phase included)
+    cdef public long long bytes_sent          # wire bytes written (HTTP phase included)
+    cdef public long long sends_backpressured # sends that returned -1
+    cdef public long long sends_dropped       # sends dropped: closed, or over backpressure_limit
+    cdef public long long drains              # transport buffers that emptied again
+    cdef public long long deliveries          # frames queued to receivers by publishes
+
+
 cdef class WebSocketCore:
     cdef public object data               # the application's per-socket value
     # wiring (set once by attach)
@@ -35,6 +48,7 @@ cdef class WebSocketCore:
     cdef readonly bint write_paused       # bytes are waiting in the transport
     cdef bint limit_tripped               # close_on_backpressure_limit tripped
     cdef int binary_kind                  # 0 bytes, 1 bytearray, 2 memoryview
+    cdef readonly Counters counters       # the server's counters (a private one if none given)
     cdef object __weakref__
 
     cdef Py_ssize_t queue_frame(self, int opcode, object payload, bint compress) except -2

@@ -20,6 +20,20 @@ class _DispatchSession(Protocol):
     def handler_error(self, exc: Exception) -> None: ...
     def spawn(self, coro: Any) -> None: ...
 
+class Counters:
+    """A server's traffic counters (C integers, shared by its sockets)."""
+
+    messages_received: int
+    messages_sent: int
+    bytes_received: int
+    bytes_sent: int
+    sends_backpressured: int
+    sends_dropped: int
+    drains: int
+    deliveries: int
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict of ints."""
+
 class WebSocketCore:
     """Write-side state and send methods of :class:`bunws.ServerWebSocket`."""
 
@@ -62,6 +76,7 @@ class WebSocketCore:
         on_over_limit: Callable[[], Any],
         deflater: Any = None,
         shared_deflate: bool = False,
+        counters: Counters | None = None,
     ) -> None:
         """Wire the socket to its transport and options (once, at upgrade)."""
     def run_corked(self, fn: Callable[..., T], *args: Any) -> T:
@@ -93,6 +108,9 @@ class WebSocketCore:
     def high_water(self) -> int:
         """The transport's high-water mark: 0 on TCP, 1 on TLS (so "paused" means
         "bytes are waiting" on both)."""
+    @property
+    def counters(self) -> Counters:
+        """The counters this socket counts into."""
 
 def as_bytes(data: Any, what: str) -> bytes:
     """``bytes`` of a bytes-like argument; InvalidType for anything else."""
@@ -100,8 +118,11 @@ def as_bytes(data: Any, what: str) -> bytes:
 def encode_text(text: str, what: str = "send") -> bytes:
     """UTF-8 of ``text``; InvalidArgument (a ValueError) when it holds a lone surrogate."""
 
-def dispatch(ws: WebSocketCore, events: list[Any], session: _DispatchSession) -> None:
-    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``, inside one cork."""
+def dispatch(
+    ws: WebSocketCore, events: list[Any], session: _DispatchSession, nbytes: int = 0
+) -> None:
+    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``, inside one cork;
+    ``nbytes`` (their wire size) is counted as received."""
 def fan_out(
     receivers: dict[Any, None],
     opcode: int,

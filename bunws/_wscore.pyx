@@ -44,6 +44,31 @@ cdef tuple BINARY_NAMES = ("bytes", "bytearray", "memoryview")
 cdef bytes EMPTY_PING = b"\x89\x00"
 
 
+cdef class Counters:
+    """A server's traffic counters, kept in C integers so counting costs a few
+    adds per message (bench/RESULTS.md, "Stats counters"). Every field is readable
+    and writable from Python (``Server.stats()`` reads them; protocol.py adds HTTP
+    bytes)."""
+
+    def snapshot(self):
+        """The counters as a dict of ints."""
+        return {
+            "messages_received": self.messages_received,
+            "messages_sent": self.messages_sent,
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "sends_backpressured": self.sends_backpressured,
+            "sends_dropped": self.sends_dropped,
+            "drains": self.drains,
+            "deliveries": self.deliveries,
+        }
+
+
+# Sockets attached without a server's counters (tests, a client) count here:
+# one shared object rather than one more allocation per socket.
+cdef Counters UNCOUNTED = Counters()
+
+
 cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
     """Queue ``frame`` (bytes shared with other receivers) after what ``ws`` holds.
 
@@ -105,10 +130,14 @@ cdef class WebSocketCore:
     def __cinit__(self):
         self.out = bytearray()
         self.ready_state = 1
+        self.counters = UNCOUNTED
 
     def attach(self, transport, loop, Py_ssize_t limit, bint close_on_limit,
-               on_over_limit, deflater=None, bint shared_deflate=False):
-        """Wire the socket to its transport and options (once, at upgrade)."""
+               on_over_limit, deflater=None, bint shared_deflate=False, counters=None):
+        """Wire the socket to its transport and options (once, at upgrade);
+        ``counters``: the server's :class:`Counters` to count into."""
+        if counters is not None:
+            self.counters = <Counters?>counters
         self.transport = transport
         self.loop = loop
         self.loop_thread = PyThread_get_thread_ident()
@@ -169,10 +198,12 @@ cdef class WebSocketCore:
         if PyThread_get_thread_ident() != self.loop_thread:
             self.check_thread()
         if self.ready_state != 1 or self.limit_tripped:
+            self.counters.sends_dropped += 1
             return 0
         cdef Py_ssize_t limit = self.limit
         if limit and self.buffered() > limit:
             self.over_limit()
+            self.counters.sends_dropped += 1
             return 0
         cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
         cdef bint rsv1 = False
@@ -180,12 +211,15 @@ cdef class WebSocketCore:
             payload = self.deflater.compress(payload)
             rsv1 = True
         append_server_frame(self.out, opcode, payload, rsv1)
+        if opcode <= BINARY:
+            self.counters.messages_sent += 1
         if self.corked:
             if PyByteArray_GET_SIZE(self.out) + self.shared_bytes > CORK_FLUSH_THRESHOLD:
                 self.flush()
         else:
             self.flush()
         if self.write_paused:
+            self.counters.sends_backpressured += 1
             return -1
         return size
 
@@ -203,6 +237,7 @@ cdef class WebSocketCore:
         cdef bytearray out = self.out
         cdef list shared_frames = self.shared_frames
         if shared_frames is not None:
+            self.counters.bytes_sent += self.shared_bytes + PyByteArray_GET_SIZE(out)
             self.shared_frames = None
             self.shared_bytes = 0
             if PyByteArray_GET_SIZE(out):
@@ -213,6 +248,7 @@ cdef class WebSocketCore:
             # A fresh buffer rather than clearing in place: a transport may keep a
             # reference to what it was given.
             self.out = bytearray()
+            self.counters.bytes_sent += PyByteArray_GET_SIZE(out)
             self.transport.write(out)
         else:
             return
@@ -338,6 +374,7 @@ cdef class WebSocketCore:
         self.write_paused = False
         if self.ready_state != 1:
             return False
+        self.counters.drains += 1
         pong = self.pending_pong
         if pong is not None:
             self.pending_pong = None
@@ -367,8 +404,9 @@ cdef class WebSocketCore:
         return True
 
 
-def dispatch(WebSocketCore ws, list events, object session):
-    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``.
+def dispatch(WebSocketCore ws, list events, object session, Py_ssize_t nbytes=0):
+    """Deliver ``events`` (flat ``[opcode, payload, ...]``) to ``session``;
+    ``nbytes``: the wire bytes they were parsed from, for the counters.
 
     Runs inside one cork, so all sends made by the handlers for one read batch leave
     in one write. Data messages go to ``session.message``; everything rarer goes to
@@ -381,6 +419,8 @@ def dispatch(WebSocketCore ws, list events, object session):
     cdef Py_ssize_t i = 0
     cdef int opcode
     cdef object payload, result
+    cdef Counters counters = ws.counters
+    counters.bytes_received += nbytes
     ws.corked += 1
     try:
         while i < n:
@@ -393,6 +433,7 @@ def dispatch(WebSocketCore ws, list events, object session):
             payload = events[i + 1]
             i += 2
             if opcode == TEXT or opcode == BINARY:
+                counters.messages_received += 1
                 if message is None:
                     continue
                 if opcode == BINARY and ws.binary_kind:
@@ -464,6 +505,8 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
                 append_server_frame(ws.out, opcode, ws.deflater.compress(payload), True)
         else:
             queue_shared(ws, frame)
+        ws.counters.deliveries += 1
+        ws.counters.messages_sent += 1
         if ws.corked and PyByteArray_GET_SIZE(ws.out) + ws.shared_bytes > CORK_FLUSH_THRESHOLD:
             ws.flush()  # a socket publishing to itself inside its handler: Bun's 16 KiB rule
         if ws.write_paused:

@@ -9,6 +9,7 @@ One ``fetch`` and one :class:`~bunws.WebSocketHandler` serve everything, the way
 ``GET /echo``                              WebSocket: every message comes straight back
 ``POST /rooms/ROOM/messages[?name=N]``     publish the request body (text) to ROOM
 ``GET /rooms``                             JSON ``{room: members}`` from ``subscriber_count``
+``GET /stats``                             JSON ``server.stats()`` (every worker's, summed)
 =========================================  =============================================
 
 Wire format of ``/chat``. Client to server: a text frame is a chat line, a binary
@@ -38,6 +39,7 @@ from .http import Request, Response
 from .options import WebSocketHandler
 from .server import Server
 from .websocket import ServerWebSocket
+from .workers import cluster_stats
 
 __all__ = ["ChatDemo", "MAX_NAME", "MAX_ROOM", "binary_frame", "parse_binary_frame"]
 
@@ -122,6 +124,8 @@ class ChatDemo:
             )
         if path == "/rooms":
             return Response.json({room: server.subscriber_count(_topic(room)) for room in sorted(self.rooms)})
+        if path == "/stats":
+            return Response.json(cluster_stats(server), headers={"Cache-Control": "no-store"})
         if path.startswith("/rooms/") and path.endswith("/messages"):
             return self._http_publish(req, server, unquote(path[len("/rooms/") : -len("/messages")]))
         return Response("not found", status=404)

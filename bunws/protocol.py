@@ -209,6 +209,7 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 self.session.data_received(data)  # type: ignore[union-attr]
         elif self.phase is HTTP:
+            self.server.counters.bytes_received += len(data)
             self._http_data(data)
 
     def eof_received(self) -> bool | None:
@@ -490,6 +491,7 @@ class Connection(asyncio.BufferedProtocol):
             req = item
             self._queued_body -= req.body_size
             server = self.server
+            server.recorder.http_requests += 1
             if server.stopping:
                 self._send_http(simple_response(503, head_only=req.method == "HEAD"), close=True)
                 return
@@ -561,6 +563,7 @@ class Connection(asyncio.BufferedProtocol):
             self._close_http()  # nothing queued behind this answer may be run now
             return
         transport.write(payload)
+        self.server.counters.bytes_sent += len(payload)
         self.deadline = self.clock() + self.server.handshake_timeout
         if close:
             self._close_http()
@@ -627,6 +630,7 @@ class Connection(asyncio.BufferedProtocol):
         server = self.server
         req.mark_upgraded()
         self.transport.write(response_head)
+        server.counters.bytes_sent += len(response_head)
         server.http_phase_ended()
         self.phase = WEBSOCKET
         self._http = None

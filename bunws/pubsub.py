@@ -41,10 +41,13 @@ class PubSub:
     publish; it delivers what other processes published with :meth:`deliver_local`.
     """
 
-    __slots__ = ("_topics", "_loop", "_pending", "_flush_scheduled", "backplane")
+    __slots__ = ("_topics", "_loop", "_pending", "_flush_scheduled", "_recorder",
+                 "subscriptions", "backplane")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Any = None) -> None:
         self._topics: dict[str, dict[ServerWebSocket, None]] = {}
+        self._recorder = recorder  # a StatsRecorder: publishes are counted there
+        self.subscriptions = 0  # (socket, topic) pairs, kept as they change
         self._loop = loop
         self._pending: list[ServerWebSocket] = []  # receivers to write at the end of the tick
         self._flush_scheduled = False
@@ -56,15 +59,18 @@ class PubSub:
         subs = self._topics.get(topic)
         if subs is None:
             self._topics[topic] = {ws: None}
+            self.subscriptions += 1
             self._tell_backplane("subscribe", topic)
-        else:
+        elif ws not in subs:
             subs[ws] = None
+            self.subscriptions += 1
 
     def unsubscribe(self, topic: str, ws: ServerWebSocket) -> None:
         """Remove ``ws`` from ``topic``; a topic left empty is forgotten (backplane told)."""
         subs = self._topics.get(topic)
-        if subs is not None:
-            subs.pop(ws, None)
+        if subs is not None and ws in subs:
+            del subs[ws]
+            self.subscriptions -= 1
             if not subs:
                 del self._topics[topic]
                 self._tell_backplane("unsubscribe", topic)
@@ -111,6 +117,8 @@ class PubSub:
     ) -> int:
         """Publish an already encoded message here and through the backplane;
         returns Bun's local status."""
+        if self._recorder is not None:
+            self._recorder.publishes += 1
         status = self.deliver_local(topic, opcode, payload, compress, exclude)
         if self.backplane is not None:
             try:

@@ -32,6 +32,7 @@ from .options import WebSocketHandler, ping_margin
 from .protocol import Connection
 from .pubsub import PubSub, ThreadsafePublisher, encode_message
 from .session import WebSocketSession
+from .stats import StatsRecorder
 
 __all__ = ["Server", "serve", "run"]
 
@@ -110,13 +111,15 @@ class Server:
         self._all_gone: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.clock = self._loop.time  # one bound method shared by every connection
-        self.pubsub = PubSub(self._loop)
+        self.recorder = StatsRecorder()  # what stats() reports; the sockets count into it
+        self.pubsub = PubSub(self._loop, self.recorder)
         self._loop_thread = threading.get_ident()
         self._threadsafe = ThreadsafePublisher(self.pubsub, self._loop, THREADSAFE_LIMIT)
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
         self._receive_buffer = memoryview(bytearray(256 * 1024))
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
         self.backplane: Any = None
@@ -140,10 +143,13 @@ class Server:
             )
         sockname = self._aio_server.sockets[0].getsockname()
         self.port = sockname[1]
+        self._tick_due = loop.time() + TICK_SECONDS
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()
+        # The tick's own lateness is the loop lag stats() reports.
+        self.recorder.tick_drift(now - self._tick_due)
         try:
             for conn in list(self._connections):
                 try:
@@ -154,6 +160,7 @@ class Server:
                     logger.exception("timer check failed for %r", conn)
         finally:
             if not self._stopped.is_set():
+                self._tick_due = self._loop.time() + TICK_SECONDS
                 self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
 
     @property
@@ -203,12 +210,18 @@ class Server:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    @property
+    def counters(self) -> Any:
+        """The compiled :class:`bunws._wscore.Counters` every socket counts into."""
+        return self.recorder.counters
+
     def admit(self, conn: Connection) -> bool:
         """A new connection: counted, and whether the limits let it in."""
         self._connections.add(conn)
         if self._stopping or (
             self.max_connections is not None and len(self._connections) > self.max_connections
         ) or self._http_connections >= self.max_pending_handshakes:
+            self.recorder.rejected(503)
             return False
         self._http_connections += 1
         return True
@@ -220,10 +233,13 @@ class Server:
     def websocket_opened(self) -> None:
         """A WebSocket opened (counted in ``pending_websockets``)."""
         self._pending_websockets += 1
+        self.recorder.connections_total += 1
 
-    def websocket_closed(self) -> None:
-        """A WebSocket closed (no longer counted in ``pending_websockets``)."""
+    def websocket_closed(self, code: int | None = None) -> None:
+        """A WebSocket closed; ``code`` is what its ``close`` handler receives."""
         self._pending_websockets -= 1
+        if code is not None:
+            self.recorder.close_codes.add(code)
 
     def release(self, conn: Connection, in_http: bool) -> None:
         """A connection is gone (idempotent)."""
@@ -343,6 +359,7 @@ class Server:
                 raise HandshakeError(503, "server is shutting down")
             self._check_origin(req)
         except HandshakeError as exc:
+            self.recorder.rejected(exc.status)
             answer = _server_answer(exc.status)
             if answer is not None:
                 conn.replace_answer(answer)
@@ -428,6 +445,34 @@ class Server:
     def threadsafe_refused(self) -> int:
         """``publish_threadsafe`` calls refused because the loop was behind."""
         return self._threadsafe.refused
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of this process's counters and gauges (README,
+        "Stats and metrics"). Under ``run(workers=N)`` it is this worker's part;
+        :func:`bunws.workers.cluster_stats` sums every worker's.
+
+        Cheap enough to call every second: one pass over the open connections for
+        ``buffered_bytes``, the rest is read from counters kept as things happen.
+        """
+        snap = self.recorder.snapshot()
+        snap["connections_open"] = self._pending_websockets
+        snap["topics"] = len(self.pubsub)
+        snap["subscriptions"] = self.pubsub.subscriptions
+        buffered = 0
+        for conn in self._connections:
+            session = conn.session
+            if session is not None:
+                buffered += session.ws.buffered_amount
+        snap["buffered_bytes"] = buffered
+        backplane = self.backplane
+        if backplane is not None:
+            counts = getattr(backplane, "stats", None)
+            info: dict[str, Any] = dict(counts) if isinstance(counts, Mapping) else {}
+            # RedisBackplane counts its reconnections as "gaps" (each may lose messages).
+            info.setdefault("reconnects", info.get("gaps", 0))
+            info["connected"] = bool(getattr(backplane, "connected", False))
+            snap["backplane"] = info
+        return snap
 
     def check_thread(self) -> None:
         """Raise :class:`WrongThreadError` unless on the loop's thread (loop-only

@@ -86,7 +86,7 @@ class WebSocketSession:
         ws.attach(
             transport, server.loop, handler.backpressure_limit,
             handler.close_on_backpressure_limit, partial(self.abort, 1006, ""),
-            deflater, shared_deflate,
+            deflater, shared_deflate, server.counters,
         )
         self.ws = ws
 
@@ -108,13 +108,15 @@ class WebSocketSession:
             if self.backlog is not None:
                 # Paused: keep parsing (bounded by the limits) but hold the events.
                 self.backlog += events
-            elif events:
-                dispatch(self.ws, events, self)
+                self.ws.counters.bytes_received += len(data)
+            else:
+                dispatch(self.ws, events, self, len(data))
         elif state is SessionState.CLOSING:
             self._closing_data(data)
 
     def _closing_data(self, data: bytes | bytearray | memoryview) -> None:
         """After our Close: ignore data frames, end TCP on the peer's Close."""
+        self.ws.counters.bytes_received += len(data)
         parser = self.parser
         if parser is None:
             return
@@ -207,7 +209,7 @@ class WebSocketSession:
             return
         if self.state is SessionState.OPEN:
             self.state = SessionState.CLOSING
-        self.server.websocket_closed()
+        self.server.websocket_closed(code)
         # Subscriptions go before the close handler runs (docs/bun-behaviour.md §5).
         ws.unsubscribe_all()
         self.backlog = None

@@ -13,6 +13,12 @@ stop gracefully: Close 1001 to every client, close handlers run, then exit 0. A
 second signal kills the workers at once. Worker ``i`` finds its index in the
 ``BUNWS_WORKER_ID`` environment variable.
 
+Counters are per process too: each worker writes its ``server.stats()`` snapshot
+every ``STATS_INTERVAL`` seconds into a directory the supervisor made
+(``BUNWS_STATS_DIR``), and :func:`cluster_stats` in any worker sums its own fresh
+snapshot with the others' files, so one scrape sees every worker
+(:class:`bunws.metrics.PrometheusCollector` uses it).
+
 Topics are per process: give every worker a backplane (``backplane=`` a
 :class:`~bunws.backplane.Backplane`, or a zero-argument factory returning one,
 called in each worker) so a publish reaches the subscribers of every worker.
@@ -21,17 +27,20 @@ called in each worker) so a publish reaches the subscribers of every worker.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import shutil
 import select
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["run_workers", "worker_id"]
+__all__ = ["run_workers", "worker_id", "cluster_stats", "STATS_INTERVAL"]
 
 logger = logging.getLogger("bunws.workers")
 
@@ -39,12 +48,81 @@ RESTART_DELAY = 0.1
 RESTART_DELAY_MAX = 10.0
 # A worker that ran this long before dying restarts after RESTART_DELAY again.
 STABLE_AFTER = 30.0
+# Seconds between two stats snapshots a worker writes for the others to read.
+STATS_INTERVAL = 1.0
+STATS_DIR_ENV = "BUNWS_STATS_DIR"
 
 
 def worker_id() -> int | None:
     """This worker's index (0..N-1), or ``None`` outside ``run(workers=N)``."""
     value = os.environ.get("BUNWS_WORKER_ID")
     return int(value) if value is not None else None
+
+
+def cluster_stats(server: Any) -> dict[str, Any]:
+    """``server.stats()`` summed over every worker of ``run(workers=N)``.
+
+    This worker's part is fresh; the others' are their last snapshot (at most
+    ``STATS_INTERVAL`` seconds old). Counters, gauges and the dicts are summed,
+    ``loop_lag_ms`` is the worst, and ``workers`` says how many took part. Outside
+    ``run(workers=N)`` it is ``server.stats()`` itself.
+    """
+    from .stats import combine
+
+    own = server.stats()
+    directory, index = os.environ.get(STATS_DIR_ENV), worker_id()
+    if directory is None or index is None:
+        return own
+    snapshots = [own]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    for name in sorted(names):
+        if not name.endswith(".json") or name == f"{index}.json":
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                snap = json.load(f)
+        except (OSError, ValueError):
+            continue  # a worker that is restarting, or a file being replaced
+        if _well_formed(snap):
+            snapshots.append(snap)
+    return combine(snapshots)
+
+
+def _well_formed(snap: Any) -> bool:
+    """A snapshot ``combine`` can sum: numbers, or dicts of numbers (a bool counts
+    as one: the backplane's ``connected``)."""
+    if not isinstance(snap, dict):
+        return False
+    for value in snap.values():
+        if isinstance(value, dict):
+            if not all(isinstance(v, (int, float)) for v in value.values()):
+                return False
+        elif not isinstance(value, (int, float)):
+            return False
+    return True
+
+
+def _write_stats(server: Any, directory: str, index: int) -> None:
+    """This worker's snapshot, replaced atomically (readers never see half a file)."""
+    snap = server.stats()
+    snap["worker"] = index
+    path = os.path.join(directory, f"{index}.json")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(snap, f)
+    os.replace(tmp, path)
+
+
+async def _stats_writer(server: Any, directory: str, index: int) -> None:
+    while True:
+        try:
+            _write_stats(server, directory, index)
+        except OSError as exc:  # the supervisor removed the directory (stopping)
+            logger.debug("bunws: worker %d cannot write its stats: %s", index, exc)
+        await asyncio.sleep(STATS_INTERVAL)
 
 
 class _Worker:
@@ -116,11 +194,19 @@ def run_workers(
     options["hostname"] = hostname
 
     sup = _Supervisor(fetch, websocket, workers, uvloop, on_start, options, held)
+    stats_dir = tempfile.mkdtemp(prefix="bunws-stats-")
+    previous = os.environ.get(STATS_DIR_ENV)
+    os.environ[STATS_DIR_ENV] = stats_dir  # the workers inherit it through fork
     try:
         sup.run(startup_timeout)
     finally:
         if held is not None:
             held.close()
+        if previous is None:
+            os.environ.pop(STATS_DIR_ENV, None)
+        else:
+            os.environ[STATS_DIR_ENV] = previous
+        shutil.rmtree(stats_dir, ignore_errors=True)
 
 
 def _bound(hostname: str, port: int, reuseport: bool) -> socket.socket:
@@ -380,6 +466,10 @@ class _Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             server = await serve(self.fetch, self.websocket, **options)
+            directory = os.environ.get(STATS_DIR_ENV)
+            writer = None
+            if directory is not None:
+                writer = loop.create_task(_stats_writer(server, directory, index))
             try:
                 if self.on_start is not None:
                     result = self.on_start(server)
@@ -389,6 +479,8 @@ class _Supervisor:
                 os.close(ready_w)
                 await stop.wait()
             finally:
+                if writer is not None:
+                    writer.cancel()
                 await server.stop()
 
         try:

@@ -200,6 +200,7 @@ async def test_chromium_two_pages_chat(chromium: tuple[str, str], tmp_path: Path
         "echo extensions",
         "leave notice",
         "counter 1",
+        "stats line",
     }
     assert set(report["checks"]) == expected
     assert "permessage-deflate" in report["checks"]["extensions"]["detail"][0]
@@ -492,6 +493,10 @@ async function main() {
   await until(() => a.events.some((e) => e.type === "leave" && e.name === "bob"), "leave notice at alice");
   check("leave notice", a.events.find((e) => e.type === "leave").members === 1);
   check("counter 1", doc("a").getElementById("members").dataset.count === "1", doc("a").getElementById("members").textContent);
+  // The live stats line shows GET /stats: wait for a refresh that counts alice's lines.
+  await until(() => chatOf("a").stats && chatOf("a").stats.messages_received >= 2, "a stats refresh");
+  check("stats line", doc("a").getElementById("stats").textContent.includes("open /"),
+        doc("a").getElementById("stats").textContent);
 }
 
 async function report() {
