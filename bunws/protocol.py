@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .session import WebSocketSession
 
-__all__ = ["Connection", "Phase"]
+__all__ = ["Connection", "Phase", "WrittenAnswer"]
 
 logger = logging.getLogger("bunws")
 
@@ -74,7 +74,7 @@ class Connection(asyncio.BufferedProtocol):
         "_callbacks", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
         "_early_bytes", "_close_after", "_server_answer", "_write_blocked", "_reading_paused",
         "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "_unsent", "deadline",
-        "session", "__weakref__",
+        "session", "_waiters", "__weakref__",
     )
 
     def __init__(self, server: Server) -> None:
@@ -115,6 +115,7 @@ class Connection(asyncio.BufferedProtocol):
         self.deadline = 0.0  # handshake / close-handshake deadline (loop time)
         # WebSocket phase
         self.session: WebSocketSession | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None  # wait_writable() callers
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
@@ -229,6 +230,8 @@ class Connection(asyncio.BufferedProtocol):
             self.session.transport_paused()
 
     def resume_writing(self) -> None:
+        if self._waiters is not None:
+            self._wake_waiters()
         if self.phase is HTTP:
             if self._write_blocked:
                 self._write_blocked = False
@@ -239,6 +242,8 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         # Idempotent: a failed TLS handshake reports itself here too.
         self.server.release(self, in_http=self.phase is HTTP)
+        if self._waiters is not None:
+            self._wake_waiters()
         session = self.session
         if session is not None:
             session.lost()
@@ -519,6 +524,9 @@ class Connection(asyncio.BufferedProtocol):
             answer, self._server_answer = self._server_answer, None
             self._send_http(answer, close=True)
             return
+        if type(result) is WrittenAnswer:
+            self._answer_written(result.close or not keep_alive)
+            return
         if not isinstance(result, Response):
             if result is None:
                 logger.error(
@@ -552,6 +560,36 @@ class Connection(asyncio.BufferedProtocol):
             self._close_http()
         elif transport.get_write_buffer_size() > HTTP_WRITE_LIMIT:
             # Asked, not trusted to be told: the client is not reading its answers.
+            self._write_blocked = True
+
+    # answers written by fetch itself (the ASGI bridge streams them) --------------
+    def wait_writable(self) -> asyncio.Future[None]:
+        """A future done once the transport asks for more bytes again or the
+        connection is lost: a ``fetch`` writing its own answer (a streamed ASGI
+        response) awaits it while ``transport.get_write_buffer_size()`` is high."""
+        waiter = self.server.loop.create_future()
+        if self.phase is CLOSED:
+            waiter.set_result(None)
+        else:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        return waiter
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _answer_written(self, close: bool) -> None:
+        """``fetch`` wrote its whole answer to the transport while it held the turn."""
+        transport = self.transport
+        if close or transport is None or transport.is_closing():
+            self._close_http()
+            return
+        self.deadline = self.clock() + self.server.handshake_timeout
+        if transport.get_write_buffer_size() > HTTP_WRITE_LIMIT:
             self._write_blocked = True
 
     def _close_http(self) -> None:
@@ -685,6 +723,17 @@ class Connection(asyncio.BufferedProtocol):
             transport.abort()
         else:
             self._close_http()
+
+
+class WrittenAnswer:
+    """What a ``fetch`` returns after writing its answer to ``req.connection.transport``
+    itself, in its turn (the ASGI bridge streams responses this way); ``close`` ends
+    the connection after it (an app that failed mid-answer, ``Connection: close``)."""
+
+    __slots__ = ("close",)
+
+    def __init__(self, close: bool) -> None:
+        self.close = close
 
 
 class _Rejected(Exception):

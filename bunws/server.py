@@ -120,6 +120,7 @@ class Server:
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
         self.backplane: Any = None
+        self._stop_callbacks: list[Callable[[], Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, sock: socket.socket | None = None) -> None:
@@ -279,7 +280,17 @@ class Server:
             await self.backplane.close()
         if self._aio_server is not None:
             await self._aio_server.wait_closed()
+        for callback in self._stop_callbacks:
+            try:
+                await callback()
+            except Exception:
+                logger.exception("stop callback %r failed", callback)
         self._stopped.set()
+
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        """Await ``callback()`` at the end of :meth:`stop`, once every connection is
+        gone (an ASGI app's lifespan shutdown)."""
+        self._stop_callbacks.append(callback)
 
     async def attach_backplane(self, backplane: Any) -> None:
         """Connect a cross-process pub/sub backplane (see :mod:`bunws.backplane`).
