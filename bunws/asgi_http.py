@@ -145,11 +145,12 @@ class HTTPCycle:
             if self.offset >= len(body):
                 self.done = self.conn.server.loop.create_future()
             return {"type": "http.request", "body": body[start:self.offset], "more_body": self.offset < len(body)}
-        while not self.complete and not self.transport.is_closing():
+        conn = self.conn
+        while not self.complete and not self.transport.is_closing() and not conn.peer_closed:
             waiter = self.done
             if waiter is None or waiter.done():
                 waiter = self.done = self.conn.server.loop.create_future()
-            lost = self.conn.wait_writable()
+            lost = conn.wait_writable()
             await asyncio.wait((waiter, lost), return_when=asyncio.FIRST_COMPLETED)
         return {"type": "http.disconnect"}
 

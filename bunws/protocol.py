@@ -209,6 +209,8 @@ class Connection(asyncio.BufferedProtocol):
             self._http_data(data)
 
     def eof_received(self) -> bool | None:
+        if self._waiters is not None:
+            self.server.loop.call_soon(self._wake_waiters)  # after _peer_eof is set below
         if self.phase is HTTP and not self._http_idle() and self.server.ssl is None:
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
@@ -575,6 +577,12 @@ class Connection(asyncio.BufferedProtocol):
                 self._waiters = []
             self._waiters.append(waiter)
         return waiter
+
+    @property
+    def peer_closed(self) -> bool:
+        """The client shut down its side (or the connection is gone): a ``fetch``
+        waiting for more input from it (an ASGI app in ``receive``) gets none."""
+        return self._peer_eof or self.phase is CLOSED
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, None
