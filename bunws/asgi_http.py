@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,6 +36,11 @@ BODY_CHUNK = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _NO_BODY_STATUSES = frozenset({204, 304})
+KEEP_OPEN, CLOSE = WrittenAnswer(close=False), WrittenAnswer(close=True)
+
+# (client, server) addresses per connection: asked once, not per request (uvloop
+# answers get_extra_info("peername") with a system call each time).
+_addresses: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 class ClientDisconnected(WebSocketError, OSError):
@@ -114,20 +120,25 @@ class HTTPCycle:
         target = req.target
         mark = target.find("?")
         raw_path, query = (target, "") if mark < 0 else (target[:mark], target[mark + 1:])
-        transport = req.connection.transport
+        conn = req.connection
+        addresses = _addresses.get(conn)
+        if addresses is None:
+            transport = conn.transport
+            addresses = _addresses[conn] = (
+                _address(transport.get_extra_info("peername")), _address(transport.get_extra_info("sockname")))
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": req.http_version,
             "method": req.method,
             "scheme": req.scheme,
-            "path": root_path + unquote(raw_path),
+            "path": root_path + (unquote(raw_path) if "%" in raw_path else raw_path),
             "raw_path": (root_path + raw_path).encode("latin-1"),
             "query_string": query.encode("latin-1"),
             "root_path": root_path,
             "headers": asgi_headers(req),
-            "client": _address(transport.get_extra_info("peername")),
-            "server": _address(transport.get_extra_info("sockname")),
+            "client": addresses[0],
+            "server": addresses[1],
             "extensions": extensions,
         }
         if state is not None:
@@ -247,14 +258,14 @@ class HTTPCycle:
             return self._failed()
         if not self.complete:
             logger.error("ASGI app returned mid-response for %s %s", self.req.method, self.req.target)
-            return WrittenAnswer(close=True)
-        return WrittenAnswer(close=self.close)
+            return CLOSE
+        return CLOSE if self.close else KEEP_OPEN
 
     def _failed(self) -> WrittenAnswer:
         if not self.started or self.headers is not None:
             # Nothing written yet: a 500 still fits.
             self.transport.write(simple_response(500, head_only=self.head_only))
-        return WrittenAnswer(close=True)
+        return CLOSE
 
     def _finish_waiters(self) -> None:
         if self.done is not None and not self.done.done():
