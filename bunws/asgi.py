@@ -138,6 +138,7 @@ class ASGIFetch:
         native: Mapping[str, Callable[..., Any]] | None = None,
         send_limit: int = SEND_LIMIT,
         state: dict[str, Any] | None = None,
+        accept_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         if not callable(app):
             raise InvalidType("app must be an ASGI callable")
@@ -151,6 +152,7 @@ class ASGIFetch:
                 raise InvalidType("native must map paths ('/...') to fetch functions")
         self.send_limit = send_limit
         self.state = state
+        self.accept_headers = accept_headers or []  # added to every 101 (uvicorn's Server, Date)
         self._server_topics: Topics | None = None
         self._started: asyncio.Future[None] | None = None  # set while lifespan startup runs
 
@@ -191,7 +193,7 @@ class ASGIFetch:
         problem = handshake_problem(req)
         if problem is not None:
             return problem
-        bridge = WebSocketBridge(req, server, self.send_limit)
+        bridge = WebSocketBridge(req, server, self.send_limit, self.accept_headers)
         extensions: dict[str, Any] = {"websocket.http.response": {}}
         for name in TOPIC_EXTENSIONS:
             extensions[name] = {}

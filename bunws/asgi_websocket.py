@@ -98,11 +98,14 @@ class WebSocketBridge:
 
     __slots__ = (
         "req", "server", "send_limit", "ws", "decision", "inbox", "waiter", "state",
-        "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter",
+        "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter", "accept_headers",
     )
 
-    def __init__(self, req: Request, server: Server, send_limit: int) -> None:
+    def __init__(
+        self, req: Request, server: Server, send_limit: int, accept_headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    ) -> None:
         self.req = req
+        self.accept_headers = accept_headers
         self.server = server
         self.send_limit = send_limit
         self.ws: ServerWebSocket | None = None
@@ -264,7 +267,8 @@ class WebSocketBridge:
             raise RuntimeError(f"unexpected ASGI message {kind!r} before websocket.accept")
 
     def _accept(self, message: dict[str, Any]) -> None:
-        headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in message.get("headers", ())]
+        given = [*self.accept_headers, *message.get("headers", ())]
+        headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in given]
         headers.append(("Sec-WebSocket-Protocol", message.get("subprotocol") or ""))
         if self.server.upgrade(self.req, data=self, headers=headers):
             self._decide(None)

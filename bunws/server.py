@@ -143,6 +143,12 @@ class Server:
         self.port = sockname[1]
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
 
+    def start_timers(self) -> None:
+        """Run the timeout tick without listening: for a server whose connections
+        another server accepts (``bunws.uvicorn``)."""
+        if self._tick_handle is None:
+            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+
     def _tick(self) -> None:
         now = self._loop.time()
         try:
