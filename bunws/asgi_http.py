@@ -102,7 +102,9 @@ class HTTPCycle:
         self.transport = self.conn.transport
         self.body = body
         self.offset = 0
-        self.close = not keeps_alive(req) or self.conn.server.stopping
+        # An Upgrade request the app answers ends the connection (what followed it
+        # was not parsed as HTTP), so its answer says so.
+        self.close = not keeps_alive(req) or self.conn.server.stopping or "upgrade" in req.headers
         self.head_only = req.method == "HEAD"
         self.status = 0
         self.headers: Any = ()

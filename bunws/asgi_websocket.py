@@ -98,7 +98,7 @@ class WebSocketBridge:
 
     __slots__ = (
         "req", "server", "send_limit", "ws", "decision", "inbox", "waiter", "state",
-        "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter", "accept_headers",
+        "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter", "accept_headers", "closed_here",
     )
 
     def __init__(
@@ -106,6 +106,7 @@ class WebSocketBridge:
     ) -> None:
         self.req = req
         self.accept_headers = accept_headers
+        self.closed_here = False  # the close started on this side (no peer reason to report)
         self.server = server
         self.send_limit = send_limit
         self.ws: ServerWebSocket | None = None
@@ -198,7 +199,10 @@ class WebSocketBridge:
     def closed(self, code: int, reason: str) -> None:
         self.state = "closed"
         self.close_code = code
-        self._push({"type": "websocket.disconnect", "code": code, "reason": reason})
+        message: dict[str, Any] = {"type": "websocket.disconnect", "code": code}
+        if code != 1006 and not self.closed_here:
+            message["reason"] = reason  # what the peer's Close frame said
+        self._push(message)
         self.drained()  # a send waiting for the buffer to drain learns it never will
 
     def drained(self) -> None:
@@ -228,7 +232,7 @@ class WebSocketBridge:
                     raise InvalidArgument("websocket.send needs 'text' or 'bytes'")
                 ws.send_binary(data, True)
         elif kind == "websocket.close":
-            ws.close(message.get("code") or 1000, message.get("reason") or "")
+            self.close(message.get("code") or 1000, message.get("reason") or "")
         elif kind == "websocket.publish":
             text = message.get("text")
             ws.publish(message["topic"], text if text is not None else message["bytes"], True)
@@ -238,6 +242,13 @@ class WebSocketBridge:
             ws.unsubscribe(message["topic"])
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an open WebSocket")
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the WebSocket from this side (the app, or a server shutting down)."""
+        ws = self.ws
+        if ws is not None and ws.ready_state == 1:
+            self.closed_here = True
+            ws.close(code, reason)
 
     async def _drain(self, ws: ServerWebSocket) -> None:
         while ws.ready_state == 1 and ws.buffered_amount > self.send_limit:

@@ -593,7 +593,9 @@ class Connection(asyncio.BufferedProtocol):
     def _answer_written(self, close: bool) -> None:
         """``fetch`` wrote its whole answer to the transport while it held the turn."""
         transport = self.transport
-        if close or transport is None or transport.is_closing():
+        # As in _write_answer: bytes after a declined Upgrade request were never parsed.
+        upgrade_declined = self._early_bytes is not None and not self._queue
+        if close or upgrade_declined or transport is None or transport.is_closing():
             self._close_http()
             return
         self.deadline = self.clock() + self.server.handshake_timeout

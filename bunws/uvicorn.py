@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from .asgi import ASGIFetch
-from .asgi_websocket import bridge_handler
+from .asgi_websocket import WebSocketBridge, bridge_handler
 from .protocol import Connection
 from .server import Server, serve
 
@@ -52,7 +52,8 @@ def engine(config: Any, app_state: dict[str, Any], default_headers: list[tuple[b
     )
     fetch = ASGIFetch(
         config.loaded_app, root_path=getattr(config, "root_path", "") or "", state=app_state,
-        accept_headers=list(default_headers),
+        # bunws writes its own Date in the 101; uvicorn's other defaults (Server) are kept.
+        accept_headers=[(k, v) for k, v in default_headers if bytes(k).lower() != b"date"],
     )
     server = Server(fetch, handler, **defaults)
     server.start_timers()
@@ -84,7 +85,8 @@ class WebSocketProtocol(Connection):
     def shutdown(self, close_active: bool = False) -> None:  # type: ignore[override]
         """uvicorn's shutdown: an open WebSocket is closed with 1012 (service restart)."""
         session = self.session
-        if session is not None and session.ws.ready_state == 1:
-            session.ws.close(1012, "")
+        bridge = session.ws.data if session is not None else None
+        if isinstance(bridge, WebSocketBridge):
+            bridge.close(1012)
             return
         super().shutdown(close_active)

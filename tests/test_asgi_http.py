@@ -206,3 +206,12 @@ async def test_lifespan_failure_auto_and_shutdown() -> None:
     assert events == ["lifespan.startup"]
     await server.stop()
     assert events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_an_answered_non_websocket_upgrade_request_ends_the_connection() -> None:
+    async with asgi_server(echo_app, lifespan="off") as server:
+        got = await raw_exchange(
+            server.port,
+            b"GET /h2 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" in got and got.count(b"HTTP/1.1 ") == 1
