@@ -11,6 +11,7 @@ paths with native ``fetch`` (and the ``websocket`` handler) in the same server.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,11 @@ WEBSOCKET_OPTIONS = (
     "per_message_deflate", "max_fragments",
 )
 SEND_LIMIT = 1024 * 1024  # bytes a WebSocket may buffer before an ASGI send awaits
+
+# Where asyncio can start a task eagerly (3.12+), an app that answers without
+# waiting (most requests) runs inside fetch() with a task of its own and its answer
+# is fetch's return value: no second task and loop pass per request.
+EAGER_TASKS = "eager_start" in inspect.signature(asyncio.Task).parameters
 
 
 class LifespanFailed(RuntimeError):
@@ -165,6 +171,11 @@ class ASGIFetch:
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             return self._websocket(req, server)
+        if EAGER_TASKS:
+            task = asyncio.Task(self._http(req, server), loop=server.loop, eager_start=True)
+            if task.done():
+                return task.result()
+            return task
         return self._http(req, server)
 
     def _native_fetch(self, path: str) -> Callable[..., Any] | None:
