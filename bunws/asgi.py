@@ -218,6 +218,7 @@ class ASGIFetch:
         self._started = asyncio.get_running_loop().create_future()
 
     def release_requests(self) -> None:
+        """Let the requests held by :meth:`hold_requests` run."""
         started, self._started = self._started, None
         if started is not None and not started.done():
             started.set_result(None)

@@ -133,7 +133,7 @@ class WebSocketBridge:
 
     async def _run(self, app: Any, scope: dict[str, Any]) -> None:
         try:
-            await app(scope, self.receive, self.send)
+            result = await app(scope, self.receive, self.send)
         except Exception as exc:
             if self.state == "closed":
                 # Frameworks raise their own "disconnected" error out of the app.
@@ -148,14 +148,18 @@ class WebSocketBridge:
             logger.error("ASGI app returned without accepting or closing %s", self.req.target)
             self._decide(Response(None, 500))
         elif self.ws is not None and self.ws.ready_state == 1:
-            self.ws.close(1000, "")
+            if result is not None:  # not an ASGI app: no orderly close for what it did
+                logger.error("ASGI app returned %r instead of None on %s", result, self.req.target)
+                self.ws.terminate()
+            else:
+                self.close(1000)
 
     def _decide(self, answer: Response | None) -> None:
         if not self.decision.done():
             self.decision.set_result(answer)
         if answer is not None and self.state == "connecting":
             self.state = "closed"
-            self._push({"type": "websocket.disconnect", "code": 1006, "reason": ""})
+            self._push({"type": "websocket.disconnect", "code": 1006})
 
     # ------------------------------------------------------------------ receive
     async def receive(self) -> dict[str, Any]:
@@ -166,7 +170,7 @@ class WebSocketBridge:
         inbox = self.inbox
         while not inbox:
             if self.state == "closed" and self.close_code is None:
-                return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+                return {"type": "websocket.disconnect", "code": 1006}
             waiter = self.waiter = self.server.loop.create_future()
             await waiter
         message = inbox.popleft()
@@ -185,10 +189,12 @@ class WebSocketBridge:
 
     # handler calls (bridge_handler routes them here) ------------------------------
     def opened(self, ws: ServerWebSocket) -> None:
+        """The ``open`` handler: the upgrade is done, ``ws`` is the native socket."""
         self.ws = ws
         self.state = "open"
 
     def message(self, ws: ServerWebSocket, data: Any) -> None:
+        """The ``message`` handler: queue it for ``receive()``, pause reading when full."""
         if type(data) is str:
             self._push({"type": "websocket.receive", "text": data})
         else:
@@ -197,6 +203,7 @@ class WebSocketBridge:
             ws.pause()
 
     def closed(self, code: int, reason: str) -> None:
+        """The ``close`` handler: ``websocket.disconnect`` for ``receive()``."""
         self.state = "closed"
         self.close_code = code
         message: dict[str, Any] = {"type": "websocket.disconnect", "code": code}
@@ -206,6 +213,7 @@ class WebSocketBridge:
         self.drained()  # a send waiting for the buffer to drain learns it never will
 
     def drained(self) -> None:
+        """The ``drain`` handler: a ``send`` waiting for the buffer goes on."""
         waiter, self.send_waiter = self.send_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
