@@ -120,6 +120,10 @@ class HTTPCycle:
     def scope(req: Request, root_path: str, state: dict[str, Any] | None, extensions: dict[str, Any]) -> dict[str, Any]:
         """The ASGI ``http`` scope of ``req``."""
         target = req.target
+        if target[:1] != "/" and "://" in target:
+            # absolute-form (RFC 9112 §3.2.2): the path starts after the authority
+            slash = target.find("/", target.index("://") + 3)
+            target = "/" if slash < 0 else target[slash:]
         mark = target.find("?")
         raw_path, query = (target, "") if mark < 0 else (target[:mark], target[mark + 1:])
         conn = req.connection

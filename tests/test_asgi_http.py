@@ -215,3 +215,11 @@ async def test_an_answered_non_websocket_upgrade_request_ends_the_connection() -
             b"GET /h2 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n",
         )
         assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" in got and got.count(b"HTTP/1.1 ") == 1
+
+
+async def test_absolute_form_target_gives_the_path() -> None:
+    async with asgi_server(echo_app, lifespan="off") as server:
+        got = split_responses(await raw_exchange(
+            server.port, b"GET http://h/x/y?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+        info = json.loads(got[0][1])
+        assert info["path"] == "/x/y" and info["query"] == "q=1" and info["raw_path"] == "/x/y"
