@@ -5,6 +5,8 @@ Python layer on asyncio Protocols. Start with :func:`serve` (a coroutine) or
 :func:`run` (blocking, uvloop when installed).
 """
 
+from .asgi import LifespanFailed, run_asgi, serve_asgi
+from .asgi_http import ClientDisconnected
 from .backplane import Backplane, RedisBackplane
 from .errors import (
     ClosedError,
@@ -28,12 +30,14 @@ __all__ = [
     "SEND_BACKPRESSURE",
     "SEND_DROPPED",
     "Backplane",
+    "ClientDisconnected",
     "ClosedError",
     "CloseCode",
     "HandshakeError",
     "Headers",
     "InvalidArgument",
     "InvalidType",
+    "LifespanFailed",
     "MessageTooBig",
     "ProtocolError",
     "RedisBackplane",
@@ -46,5 +50,7 @@ __all__ = [
     "WrongThreadError",
     "__version__",
     "run",
+    "run_asgi",
     "serve",
+    "serve_asgi",
 ]

@@ -1,7 +1,9 @@
-"""``python -m bunws``: serve the demo chat (see :mod:`bunws.demo`) until Ctrl-C.
+"""``python -m bunws``: serve an ASGI app, or the demo chat (see :mod:`bunws.demo`), until Ctrl-C.
 
-Usage: ``python -m bunws [--host 127.0.0.1] [--port 3000] [--workers N]``.
-Ctrl-C or SIGTERM stops gracefully: every client gets a Close frame with 1001.
+Usage: ``python -m bunws [MODULE:APP] [--host 127.0.0.1] [--port 3000] [--workers N]
+[--uvloop/--no-uvloop] [--root-path P] [--lifespan auto|on|off] [--redis URL]``.
+Without ``MODULE:APP`` the demo chat is served. Ctrl-C or SIGTERM stops
+gracefully: every client gets a Close frame with 1001.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         description="bunws demo: a chat with rooms, join/leave notices and a live member "
         "count, plus an echo socket. Open the printed URL in two browser tabs.",
     )
+    parser.add_argument(
+        "app", nargs="?", metavar="MODULE:APP",
+        help="an ASGI app to serve, e.g. main:app (default: the demo chat)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=3000, help="port (default 3000; 0 picks a free one)")
     parser.add_argument(
@@ -53,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
         help="with --workers: relay room messages between workers through Redis "
         "(e.g. redis://127.0.0.1:6379/0); member counts stay per worker",
     )
+    parser.add_argument(
+        "--uvloop", action=argparse.BooleanOptionalAction, default=None,
+        help="use uvloop (default: when installed)",
+    )
+    parser.add_argument("--root-path", default="", help="ASGI root_path (an app mounted below a prefix)")
+    parser.add_argument(
+        "--lifespan", choices=("auto", "on", "off"), default="auto",
+        help="ASGI lifespan protocol (default auto: used when the app supports it)",
+    )
     parser.add_argument("--version", action="version", version=f"bunws {__version__}")
     return parser
 
@@ -65,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers must be 1 or more, got {args.workers}")
 
+    if args.app is not None:
+        return _serve_asgi_app(parser, args)
     app = ChatDemo()
     options: dict[str, Any] = dict(app.serve_options, hostname=args.host, port=args.port)
     if args.workers > 1:
@@ -109,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     try:
-        run(app.fetch, app.websocket, on_start=started, **options)
+        run(app.fetch, app.websocket, on_start=started, uvloop=args.uvloop, **options)
     except OSError as exc:
         print(
             f"python -m bunws: error: cannot listen on {args.host}:{args.port}: "
@@ -120,6 +137,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop
         pass
     print("bunws demo stopped", flush=True)
+    return 0
+
+
+def load_app(spec: str) -> Any:
+    """``MODULE:APP`` (``APP`` may be dotted, ``MODULE`` imported from the current
+    directory first) -> the object."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"expected MODULE:APP, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _serve_asgi_app(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .asgi import run_asgi
+
+    try:
+        app = load_app(args.app)
+    except (ImportError, AttributeError, ValueError) as exc:
+        parser.error(f"cannot load {args.app}: {exc}")
+    options: dict[str, Any] = dict(
+        hostname=args.host, port=args.port, root_path=args.root_path, lifespan=args.lifespan,
+        uvloop=args.uvloop, workers=args.workers,
+    )
+    if args.redis is not None:
+        from .backplane import RedisBackplane
+
+        url = args.redis
+        options["backplane"] = lambda: RedisBackplane(url)
+
+    def started(server: Server) -> None:
+        if os.environ.get("BUNWS_WORKER_ID", "0") == "0":
+            print(f"bunws {__version__} serving {args.app} on {_browser_url(args.host, server.port)}", flush=True)
+
+    try:
+        run_asgi(app, on_start=started, **options)
+    except OSError as exc:
+        print(f"python -m bunws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

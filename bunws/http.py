@@ -394,6 +394,11 @@ def http_date() -> str:
     return _date_cache[1]
 
 
+def reason_phrase(status: int) -> str:
+    """The reason phrase of ``status`` (``"Unknown"`` for an unregistered one)."""
+    return _reason(status)
+
+
 def _reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .session import WebSocketSession
 
-__all__ = ["Connection", "Phase"]
+__all__ = ["Connection", "Phase", "WrittenAnswer"]
 
 logger = logging.getLogger("bunws")
 
@@ -74,7 +74,7 @@ class Connection(asyncio.BufferedProtocol):
         "_callbacks", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
         "_early_bytes", "_close_after", "_server_answer", "_write_blocked", "_reading_paused",
         "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "_unsent", "deadline",
-        "session", "__weakref__",
+        "session", "_waiters", "__weakref__",
     )
 
     def __init__(self, server: Server) -> None:
@@ -115,6 +115,7 @@ class Connection(asyncio.BufferedProtocol):
         self.deadline = 0.0  # handshake / close-handshake deadline (loop time)
         # WebSocket phase
         self.session: WebSocketSession | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None  # wait_writable() callers
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
@@ -214,6 +215,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         """The peer half-closed: in HTTP, still answer what it asked for."""
+        if self._waiters is not None:
+            self.server.loop.call_soon(self._wake_waiters)  # after _peer_eof is set below
         if self.phase is HTTP and not self._http_idle() and self.server.ssl is None:
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
@@ -237,6 +240,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         """The transport drained: continue answering (HTTP) or tell the session."""
+        if self._waiters is not None:
+            self._wake_waiters()
         if self.phase is HTTP:
             if self._write_blocked:
                 self._write_blocked = False
@@ -248,6 +253,8 @@ class Connection(asyncio.BufferedProtocol):
         """The connection is gone: release it and end its session."""
         # Idempotent: a failed TLS handshake reports itself here too.
         self.server.release(self, in_http=self.phase is HTTP)
+        if self._waiters is not None:
+            self._wake_waiters()
         session = self.session
         if session is not None:
             session.lost()
@@ -535,6 +542,9 @@ class Connection(asyncio.BufferedProtocol):
             answer, self._server_answer = self._server_answer, None
             self._send_http(answer, close=True)
             return
+        if type(result) is WrittenAnswer:
+            self._answer_written(result.close or not keep_alive)
+            return
         if not isinstance(result, Response):
             if result is None:
                 logger.error(
@@ -569,6 +579,44 @@ class Connection(asyncio.BufferedProtocol):
             self._close_http()
         elif transport.get_write_buffer_size() > HTTP_WRITE_LIMIT:
             # Asked, not trusted to be told: the client is not reading its answers.
+            self._write_blocked = True
+
+    # answers written by fetch itself (the ASGI bridge streams them) --------------
+    def wait_writable(self) -> asyncio.Future[None]:
+        """A future done once the transport asks for more bytes again or the
+        connection is lost: a ``fetch`` writing its own answer (a streamed ASGI
+        response) awaits it while ``transport.get_write_buffer_size()`` is high."""
+        waiter = self.server.loop.create_future()
+        if self.phase is CLOSED:
+            waiter.set_result(None)
+        else:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        return waiter
+
+    @property
+    def peer_closed(self) -> bool:
+        """The client shut down its side (or the connection is gone): a ``fetch``
+        waiting for more input from it (an ASGI app in ``receive``) gets none."""
+        return self._peer_eof or self.phase is CLOSED
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _answer_written(self, close: bool) -> None:
+        """``fetch`` wrote its whole answer to the transport while it held the turn."""
+        transport = self.transport
+        # As in _write_answer: bytes after a declined Upgrade request were never parsed.
+        upgrade_declined = self._early_bytes is not None and not self._queue
+        if close or upgrade_declined or transport is None or transport.is_closing():
+            self._close_http()
+            return
+        self.deadline = self.clock() + self.server.handshake_timeout
+        if transport.get_write_buffer_size() > HTTP_WRITE_LIMIT:
             self._write_blocked = True
 
     def _close_http(self) -> None:
@@ -703,6 +751,17 @@ class Connection(asyncio.BufferedProtocol):
             transport.abort()
         else:
             self._close_http()
+
+
+class WrittenAnswer:
+    """What a ``fetch`` returns after writing its answer to ``req.connection.transport``
+    itself, in its turn (the ASGI bridge streams responses this way); ``close`` ends
+    the connection after it (an app that failed mid-answer, ``Connection: close``)."""
+
+    __slots__ = ("close",)
+
+    def __init__(self, close: bool) -> None:
+        self.close = close
 
 
 class _Rejected(Exception):

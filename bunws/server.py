@@ -123,6 +123,7 @@ class Server:
         self._aio_server: asyncio.base_events.Server | None = None
         self.port = port
         self.backplane: Any = None
+        self._stop_callbacks: list[Callable[[], Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, sock: socket.socket | None = None) -> None:
@@ -145,6 +146,12 @@ class Server:
         self.port = sockname[1]
         self._tick_due = loop.time() + TICK_SECONDS
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
+
+    def start_timers(self) -> None:
+        """Run the timeout tick without listening: for a server whose connections
+        another server accepts (``bunws.uvicorn``)."""
+        if self._tick_handle is None:
+            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()
@@ -302,7 +309,17 @@ class Server:
             await self.backplane.close()
         if self._aio_server is not None:
             await self._aio_server.wait_closed()
+        for callback in self._stop_callbacks:
+            try:
+                await callback()
+            except Exception:
+                logger.exception("stop callback %r failed", callback)
         self._stopped.set()
+
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        """Await ``callback()`` at the end of :meth:`stop`, once every connection is
+        gone (an ASGI app's lifespan shutdown)."""
+        self._stop_callbacks.append(callback)
 
     async def attach_backplane(self, backplane: Any) -> None:
         """Connect a cross-process pub/sub backplane (see :mod:`bunws.backplane`).

@@ -1,0 +1,225 @@
+"""ASGI HTTP conformance on bunws with raw ASGI apps and raw sockets: the scope,
+chunked request bodies, pipelining in order, 100-continue, limits, streamed answers
+to a slow reader, http.disconnect, app failures, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from asgi_support import asgi_server, raw_exchange
+from conftest import eventually
+
+from bunws.asgi import LifespanFailed, serve_asgi
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers the scope (without headers' values) and the body it received in parts."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                scope["state"]["started"] = True
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    parts = []
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        parts.append(len(message["body"]))
+        body = message["body"]
+        if not message["more_body"]:
+            break
+    info = {k: scope[k] for k in ("http_version", "method", "scheme", "path", "root_path", "client", "server")}
+    info.update(
+        raw_path=scope["raw_path"].decode(), query=scope["query_string"].decode(),
+        header_names=[n.decode() for n, _ in scope["headers"]], state=scope["state"],
+        parts=len(parts), size=sum(parts), last=body[-10:].decode("latin-1"), asgi=scope["asgi"],
+    )
+    payload = json.dumps(info).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def split_responses(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Content-Length framed answers -> [(head, body)]."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        out.append((head, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+async def test_scope_pipelining_in_order_and_chunked_request_body() -> None:
+    async with asgi_server(echo_app, root_path="/api") as server:
+        body = b"x" * 200_000
+        chunked = b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70000]), body[i:i + 70000]) for i in range(0, len(body), 70000))
+        requests = (
+            b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nX-Custom: v\r\n\r\n"
+            b"POST /chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
+            b"GET /third HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        got = split_responses(await raw_exchange(server.port, requests))
+        assert len(got) == 3
+        first, second, third = (json.loads(b) for _, b in got)
+        assert first["path"] == "/api/a b" and first["raw_path"] == "/api/a%20b" and first["query"] == "x=1"
+        assert first["root_path"] == "/api" and first["http_version"] == "1.1" and first["scheme"] == "http"
+        assert first["header_names"] == ["host", "x-custom"] and first["state"] == {"started": True}
+        assert first["client"][0] == "127.0.0.1" and first["server"] == ["127.0.0.1", server.port]
+        assert first["asgi"]["version"] == "3.0" and first["parts"] == 1 and first["size"] == 0
+        assert second["path"] == "/api/chunked" and second["size"] == 200_000 and second["parts"] > 1
+        assert third["path"] == "/api/third"
+        assert b"Connection: close" in got[2][0] and b"Connection: close" not in got[0][0]
+
+
+async def test_expect_100_continue_and_the_native_limits() -> None:
+    async with asgi_server(echo_app, max_body_size=1000, max_head_size=2048) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        writer.close()
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 413")
+        got = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 3000 + b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 431")
+
+
+async def test_streamed_answer_waits_for_a_slow_reader_and_arrives_whole() -> None:
+    produced = [0]
+    chunk = b"z" * 65536
+    total_chunks = 400  # 26 MB: far more than the socket buffers hold
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(total_chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            produced[0] += 1
+        await send({"type": "http.response.body", "body": b""})
+
+    async with asgi_server(app, lifespan="off") as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await eventually(lambda: produced[0] > 2)
+        stalled = -1
+        while stalled != produced[0]:  # until the app stops producing: send() is waiting
+            stalled = produced[0]
+            await asyncio.sleep(0.2)
+        assert produced[0] < total_chunks // 4
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"Transfer-Encoding: chunked" in head
+        received = 0
+        async with asyncio.timeout(30):
+            while True:
+                size = int((await reader.readline()).strip(), 16)
+                data = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                assert data[:-2] == chunk
+                received += size
+        assert received == total_chunks * len(chunk)
+        writer.close()
+
+
+async def test_disconnect_reaches_an_app_waiting_in_receive() -> None:
+    seen: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        seen.set_result(await receive())  # the stream waits for the client to leave
+
+    async with asgi_server(app, lifespan="off") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await reader.readuntil(b"first")
+        writer.close()
+        assert (await asyncio.wait_for(seen, 5)) == {"type": "http.disconnect"}
+
+
+async def test_app_exception_before_the_answer_is_500_after_it_closes() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/late":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("boom")
+
+    async with asgi_server(app, lifespan="off") as server:
+        got = await raw_exchange(server.port, b"GET /early HTTP/1.1\r\nHost: h\r\n\r\nGET /never HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 500") and got.count(b"HTTP/1.1") == 1
+        got = await raw_exchange(server.port, b"GET /late HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"7\r\npartial\r\n")  # no last chunk
+
+
+async def test_lifespan_failure_auto_and_shutdown() -> None:
+    events = []
+
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    with pytest.raises(LifespanFailed, match="no database"):
+        await serve_asgi(failing, port=0)
+
+    async def no_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise ValueError("lifespan is not for me")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body"})
+
+    with pytest.raises(LifespanFailed):
+        await serve_asgi(no_lifespan, port=0, lifespan="on")
+    async with asgi_server(no_lifespan) as server:  # auto: goes on without
+        got = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 204") and b"Content-Length" not in got
+
+    async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            events.append(message["type"])
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    server = await serve_asgi(tracked, port=0)
+    assert events == ["lifespan.startup"]
+    await server.stop()
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_an_answered_non_websocket_upgrade_request_ends_the_connection() -> None:
+    async with asgi_server(echo_app, lifespan="off") as server:
+        got = await raw_exchange(
+            server.port,
+            b"GET /h2 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" in got and got.count(b"HTTP/1.1 ") == 1
+
+
+async def test_absolute_form_target_gives_the_path() -> None:
+    async with asgi_server(echo_app, lifespan="off") as server:
+        got = split_responses(await raw_exchange(
+            server.port, b"GET http://h/x/y?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+        info = json.loads(got[0][1])
+        assert info["path"] == "/x/y" and info["query"] == "q=1" and info["raw_path"] == "/x/y"

@@ -1,0 +1,105 @@
+"""``bunws.uvicorn:WebSocketProtocol`` inside a real uvicorn server, and uvicorn's own
+WebSocket test module run against it.
+
+The quick test runs by default. The uvicorn suite (its sdist's
+``tests/protocols/test_websocket.py`` with the bunws class added to its
+``ws_protocol_cls`` fixture) downloads the sdist with pip at test time and runs only
+with ``BUNWS_UVICORN_SUITE=1``: it takes minutes, and it does not pass whole yet
+(92 passed, 50 failed with uvicorn 0.54.0; docs/asgi.md, "uvicorn").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+uvicorn = pytest.importorskip("uvicorn")
+
+from redis_server import free_port  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ASYNCIO_ONLY = pytest.mark.asyncio(loop_factories=["asyncio"])
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept", "subprotocol": scope["subprotocols"][0] if scope["subprotocols"] else None})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
+
+
+@ASYNCIO_ONLY
+async def test_uvicorn_serves_websockets_through_bunws() -> None:
+    port = free_port()
+    config = uvicorn.Config(echo_app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        async with connect(f"ws://127.0.0.1:{port}/", subprotocols=["x"]) as ws:
+            assert ws.subprotocol == "x"
+            await ws.send("over uvicorn")
+            assert await ws.recv() == "over uvicorn"
+            await ws.send(b"\x00" * 100_000)
+            assert await ws.recv() == b"\x00" * 100_000
+            protocol = next(iter(server.server_state.connections))
+            assert type(protocol).__module__ == "bunws.uvicorn"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def uvicorn_sdist(cache: Path) -> Path:
+    """The sdist of the installed uvicorn version, unpacked under ``cache``."""
+    version = uvicorn.__version__
+    tree = cache / f"uvicorn-{version}"
+    if not tree.exists():
+        r = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+             f"uvicorn=={version}", "-d", str(cache)], capture_output=True, text=True, timeout=300)
+        archive = cache / f"uvicorn-{version}.tar.gz"
+        if r.returncode != 0 or not archive.exists():
+            pytest.skip(f"cannot download the uvicorn {version} sdist: {r.stderr.strip()[-300:]}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(cache, filter="data")
+    conftest = tree / "tests" / "conftest.py"
+    text = conftest.read_text()
+    if "bunws.uvicorn" not in text:
+        anchor = '"uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"\n        ),\n'
+        if anchor not in text:
+            pytest.skip("uvicorn's ws_protocol_cls fixture has changed shape")
+        conftest.write_text(text.replace(anchor, anchor + '        pytest.param("bunws.uvicorn:WebSocketProtocol", id="bunws"),\n'))
+    return tree
+
+
+@pytest.mark.skipif(os.environ.get("BUNWS_UVICORN_SUITE") != "1", reason="set BUNWS_UVICORN_SUITE=1 (minutes)")
+def test_uvicorn_websocket_suite(tmp_path_factory: Any) -> None:
+    for module in ("httpx2", "pytest_mock", "anyio"):
+        pytest.importorskip(module)
+    tree = uvicorn_sdist(tmp_path_factory.getbasetemp().parent / "uvicorn-sdist")
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/protocols/test_websocket.py", "-q", "-p", "no:cacheprovider",
+         "-o", "addopts=", "-o", "asyncio_default_fixture_loop_scope=function",
+         "-W", "ignore::pytest.PytestDeprecationWarning", "-k", "bunws", "--timeout", "30"],
+        cwd=tree, capture_output=True, text=True, timeout=1800,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    )
+    summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error|errors)", summary)}
+    print(summary)
+    assert counts.get("passed", 0) > 0 and not counts.get("failed") and not counts.get("error") and not counts.get("errors"), summary
