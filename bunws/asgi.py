@@ -28,7 +28,7 @@ from .asgi_websocket import (
 from .errors import InvalidArgument, InvalidType
 from .http import Request
 from .options import WebSocketHandler
-from .server import Server, new_event_loop, serve
+from .server import Server, serve, serve_until_signalled
 
 __all__ = ["ASGIFetch", "Lifespan", "LifespanFailed", "run_asgi", "serve_asgi", "topics"]
 
@@ -302,28 +302,4 @@ def run_asgi(
 
 
 def _run_one(app: Any, use_uvloop: bool | None, on_start: Callable[[Server], Any] | None, options: dict[str, Any]) -> None:
-    import signal
-
-    loop = new_event_loop(use_uvloop)
-    asyncio.set_event_loop(loop)
-
-    async def main() -> None:
-        server = await serve_asgi(app, **options)
-        stop_requested = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop_requested.set)
-            except (NotImplementedError, RuntimeError):
-                pass
-        if on_start is not None:
-            result = on_start(server)
-            if asyncio.iscoroutine(result):
-                await result
-        await stop_requested.wait()
-        await server.stop()
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    serve_until_signalled(lambda: serve_asgi(app, **options), use_uvloop, on_start)

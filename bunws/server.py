@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl as _ssl
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ._frame import FrameParser
@@ -633,18 +633,27 @@ def run(
     Uses uvloop when it is installed unless ``uvloop=False``. ``workers=N`` (N > 1)
     forks N processes sharing the port, supervised (see :mod:`bunws.workers`).
     """
-    import signal
-
     if workers != 1:
         from .workers import run_workers
 
         return run_workers(fetch, websocket, workers=workers, uvloop=uvloop, on_start=on_start, **options)
 
-    loop = new_event_loop(uvloop)
+    serve_until_signalled(lambda: serve(fetch, websocket, **options), uvloop, on_start)
+
+
+def serve_until_signalled(
+    start: Callable[[], Awaitable[Server]],
+    use_uvloop: bool | None,
+    on_start: Callable[[Server], Any] | None,
+) -> None:
+    """Run ``await start()`` on a new loop, serve until SIGINT/SIGTERM, then stop."""
+    import signal
+
+    loop = new_event_loop(use_uvloop)
     asyncio.set_event_loop(loop)
 
     async def main() -> None:
-        server = await serve(fetch, websocket, **options)
+        server = await start()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
