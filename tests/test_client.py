@@ -267,6 +267,8 @@ async def test_reconnect_loop_retries_503_then_connects() -> None:
             await ws.send("after retries")
             assert await ws.recv() == "after retries"
             break
+        # breaking out leaves closing to the generator's finaliser: close now
+        await ws.close()
     assert attempts == 3
     assert ws.state == "CLOSED"
 
