@@ -215,7 +215,10 @@ cdef class ClientCore:
         self.key_pos += 4
         append_masked_frame(self.out, opcode, <const uint8_t *>PyBytes_AS_STRING(payload),
                             PyBytes_GET_SIZE(payload), fin, rsv1, key)
-        if PyByteArray_GET_SIZE(self.out) >= FLUSH_THRESHOLD:
+        if PyByteArray_GET_SIZE(self.out) >= FLUSH_THRESHOLD or not self.messages:
+            # Past the threshold, or nothing received is waiting to be handled (so no
+            # reply to it will follow in this iteration): write now, saving a loop
+            # iteration of latency; otherwise one write at the end of the iteration.
             self.flush()
         elif not self.flush_scheduled:
             self.flush_scheduled = True
