@@ -49,7 +49,7 @@ cleanup() {
     fi
 }
 trap cleanup EXIT INT TERM
-( cd "$out" && exec "$WSTEST" -m fuzzingserver -s "$out/fuzzingserver.json" ) >"$out/wstest.log" 2>&1 &
+( cd "$out" && exec "$WSTEST" -m fuzzingserver --webport 0 -s "$out/fuzzingserver.json" ) >"$out/wstest.log" 2>&1 &
 server_pid=$!
 deadline=$(( $(date +%s) + 30 ))
 until "$PYTHON" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null; do
