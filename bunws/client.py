@@ -657,8 +657,7 @@ class connect:
                 location = exc.headers.get("location") if exc.headers is not None else None
                 if exc.status not in _REDIRECTS or location is None:
                     raise
-                options = options.redirected(urljoin(_http_uri(options.target.uri), location)
-                                             .replace("http", "ws", 1))
+                options = options.redirected(_redirect_uri(options.target.uri, location))
         raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirects")
 
     async def _open_once(self, loop: asyncio.AbstractEventLoop,
@@ -702,8 +701,15 @@ class connect:
             await connection.close()
 
 
-def _http_uri(uri: str) -> str:
-    return "http" + uri[2:]
+def _redirect_uri(current: str, location: str) -> str:
+    """Where a redirect points: ``location`` resolved against the current URI, with
+    http/https spelt ws/wss (urljoin knows only the HTTP schemes' rules)."""
+    base = "http" + current[2:]  # ws:// -> http://, wss:// -> https://
+    target = urljoin(base, location)
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if target.startswith(http):
+            return ws + target[len(http):]
+    return target
 
 
 def _backoff(settings: connect) -> Generator[float, None, None]:
