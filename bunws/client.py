@@ -394,7 +394,9 @@ class ClientConnection:
             wait = core.send_message(2, message)
         elif isinstance(message, (bytearray, memoryview)):
             wait = core.send_message(2, bytes(message))
-        elif isinstance(message, Mapping) or not isinstance(message, Iterable):
+        elif isinstance(message, Mapping) or not (
+            isinstance(message, Iterable) or hasattr(message, "__aiter__")
+        ):
             raise InvalidType(f"send expects str, bytes-like or an iterable, got "
                               f"{type(message).__name__}")
         else:
@@ -523,7 +525,7 @@ class ClientConnection:
 
 
 async def _each(source: Any) -> AsyncIterator[Any]:
-    if hasattr(source, "__anext__"):
+    if hasattr(source, "__aiter__"):
         async for item in source:
             yield item
     else:

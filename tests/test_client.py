@@ -50,6 +50,13 @@ async def test_echo_bunws_server(compression: str | None) -> None:
             assert await ws.recv() == "fragmented"
             await ws.send([b"a", bytearray(b"b"), memoryview(b"c")])
             assert await ws.recv() == b"abc"
+
+            async def pieces():
+                for piece in ("as", "ync"):
+                    yield piece
+
+            await ws.send(pieces())
+            assert await ws.recv() == "async"
             assert ws.remote_address[:2] == ("127.0.0.1", server.port)
             assert ws.request_headers["Sec-WebSocket-Version"] == "13"
             assert "sec-websocket-accept" in ws.response_headers
