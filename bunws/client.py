@@ -22,7 +22,6 @@ from ._frame import FrameParser, Opcode, close_reason_bytes
 from ._wscore import encode_text
 from .client_handshake import (
     DEFLATE_OFFER,
-    ClientDeflate,
     ResponseReader,
     Target,
     build_request,
