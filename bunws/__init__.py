@@ -2,7 +2,8 @@
 
 The frame codec and permessage-deflate are compiled (Cython); the server is a thin
 Python layer on asyncio Protocols. Start with :func:`serve` (a coroutine) or
-:func:`run` (blocking, uvloop when installed).
+:func:`run` (blocking, uvloop when installed). :func:`connect` is the client, on the
+same compiled core.
 """
 
 from .backplane import Backplane, RedisBackplane
