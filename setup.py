@@ -61,6 +61,7 @@ extensions = [
     ext("_frame"),
     ext("_deflate", libraries=["z"]),
     ext("_wscore"),
+    ext("_client"),
 ]
 
 setup(

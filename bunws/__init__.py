@@ -2,16 +2,26 @@
 
 The frame codec and permessage-deflate are compiled (Cython); the server is a thin
 Python layer on asyncio Protocols. Start with :func:`serve` (a coroutine) or
-:func:`run` (blocking, uvloop when installed).
+:func:`run` (blocking, uvloop when installed). :func:`connect` is the client, on the
+same compiled core.
 """
 
 from .asgi import LifespanFailed, run_asgi, serve_asgi
 from .asgi_http import ClientDisconnected
 from .backplane import Backplane, RedisBackplane
+from .client import ClientConnection, connect
 from .errors import (
     ClosedError,
     CloseCode,
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
     HandshakeError,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    OpenTimeout,
     InvalidArgument,
     InvalidType,
     MessageTooBig,
@@ -30,15 +40,24 @@ __all__ = [
     "SEND_BACKPRESSURE",
     "SEND_DROPPED",
     "Backplane",
+    "ClientConnection",
     "ClientDisconnected",
     "ClosedError",
     "CloseCode",
+    "ConcurrencyError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
     "HandshakeError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "InvalidURI",
     "Headers",
     "InvalidArgument",
     "InvalidType",
     "LifespanFailed",
     "MessageTooBig",
+    "OpenTimeout",
     "ProtocolError",
     "RedisBackplane",
     "Request",
@@ -49,6 +68,7 @@ __all__ = [
     "WebSocketHandler",
     "WrongThreadError",
     "__version__",
+    "connect",
     "run",
     "run_asgi",
     "serve",

@@ -90,3 +90,6 @@ cdef Py_ssize_t frame_header(uint8_t *out, int opcode, Py_ssize_t length,
 # The server's frames (unmasked, FIN), for bunws/_wscore.pyx's write path.
 cdef int append_server_frame(bytearray out, int opcode, bytes payload, bint rsv1) except -1
 cdef bytes server_frame(int opcode, bytes payload, bint rsv1)
+# A client's frame (masked with the given key), for bunws/_client.pyx's write path.
+cdef int append_masked_frame(bytearray out, int opcode, const uint8_t *data, Py_ssize_t n,
+                             bint fin, bint rsv1, const uint8_t *mask) except -1

@@ -941,6 +941,21 @@ cdef bytes server_frame(int opcode, bytes payload, bint rsv1):
     return out
 
 
+cdef int append_masked_frame(bytearray out, int opcode, const uint8_t *data, Py_ssize_t n,
+                             bint fin, bint rsv1, const uint8_t *mask) except -1:
+    """Append one masked frame (a client's, RFC 6455 §5.3) to ``out``: the header,
+    then the payload XOR the mask in the same pass that copies it. The caller has
+    checked opcode and size and chose a fresh ``mask``."""
+    cdef uint8_t hdr[14]
+    cdef Py_ssize_t h = bunws_frame_header(hdr, opcode, n, fin, rsv1, mask)
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, old + h + n)
+    cdef uint8_t *dst = <uint8_t *>PyByteArray_AS_STRING(out) + old
+    memcpy(dst, hdr, h)
+    bunws_unmask(dst + h, data, n, mask, 0)
+    return 0
+
+
 def apply_mask(data, mask):
     """Return ``data`` XOR-ed with the repeating 4-byte ``mask`` (RFC 6455 §5.3).
 

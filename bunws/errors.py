@@ -8,7 +8,15 @@
     ├── HandshakeError(status, reason)      a bad upgrade, answered with an HTTP status
     ├── InvalidArgument(..., ValueError)    the caller passed a value out of range
     ├── InvalidType(..., TypeError)         the caller passed a value of the wrong type
-    └── ClosedError                         the socket or server is already closed
+    ├── ClosedError                         the socket or server is already closed
+    │   └── ConnectionClosed(code, reason)  a client connection ended (bunws.connect)
+    │       ├── ConnectionClosedOK          ... with 1000, 1001 or 1005 both ways
+    │       └── ConnectionClosedError       ... any other way (sent_code: what we sent)
+    ├── InvalidHandshake                    a server's answer to bunws.connect broke RFC 6455
+    │   └── InvalidStatus(status, body)     ... it was not 101 (also a HandshakeError)
+    ├── InvalidURI(..., InvalidArgument)    not a ws:// or wss:// URI
+    ├── OpenTimeout(..., TimeoutError)      connect() did not open within open_timeout
+    └── ConcurrencyError(..., RuntimeError) two coroutines recv() on one connection
 
 Errors caused by the peer carry the close code that goes on the wire; errors caused
 by the calling Python code also subclass ``TypeError``/``ValueError`` so that
@@ -28,6 +36,14 @@ __all__ = [
     "InvalidArgument",
     "InvalidType",
     "ClosedError",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "InvalidURI",
+    "OpenTimeout",
+    "ConcurrencyError",
 ]
 
 
@@ -100,3 +116,64 @@ class ClosedError(WebSocketError):
 class WrongThreadError(WebSocketError, RuntimeError):
     """A loop-only method was called from another thread (use
     ``Server.publish_threadsafe``, or ``loop.call_soon_threadsafe``)."""
+
+
+class ConnectionClosed(ClosedError):
+    """A client connection (:func:`bunws.connect`) has ended.
+
+    ``code``/``reason`` are what the server sent (1006 and "" when no Close frame
+    arrived); ``sent_code``/``sent_reason`` what the client sent (None if nothing).
+    """
+
+    def __init__(
+        self, code: int, reason: str, sent_code: int | None = None, sent_reason: str = ""
+    ) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.sent_code = sent_code
+        self.sent_reason = sent_reason
+
+    def __str__(self) -> str:
+        text = f"received {self.code} ({self.reason or 'no reason'})"
+        if self.sent_code is not None:
+            text += f"; sent {self.sent_code} ({self.sent_reason or 'no reason'})"
+        return text
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection ended normally (1000, 1001 or 1005 received and sent)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection ended abnormally: an error close code, a protocol error
+    (``sent_code`` is the code the client sent) or no Close frame at all (1006)."""
+
+
+class InvalidHandshake(WebSocketError):
+    """The server's answer to the opening handshake broke RFC 6455 §4.1 (a wrong
+    ``Sec-WebSocket-Accept``, an extension or subprotocol that was not offered, a
+    malformed HTTP response, too many redirects)."""
+
+
+class InvalidStatus(HandshakeError, InvalidHandshake):
+    """The server refused the upgrade: ``status`` (not 101), ``headers`` and up
+    to 64 KiB of ``body``."""
+
+    def __init__(self, status: int, reason: str, headers: object = None, body: bytes = b"") -> None:
+        HandshakeError.__init__(self, status, reason)
+        self.headers = headers
+        self.body = body
+
+
+class InvalidURI(InvalidArgument):
+    """The URI given to :func:`bunws.connect` is not a valid ``ws://``/``wss://`` URI."""
+
+
+class OpenTimeout(WebSocketError, TimeoutError):
+    """:func:`bunws.connect` did not finish DNS, TCP, TLS and the handshake within
+    ``open_timeout``."""
+
+
+class ConcurrencyError(WebSocketError, RuntimeError):
+    """Two coroutines called ``recv`` on one client connection at the same time."""
