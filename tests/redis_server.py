@@ -20,6 +20,7 @@ import subprocess
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 
 _install_error: str | None = None
 
@@ -150,6 +151,19 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def running_redis() -> Iterator[RedisServer]:
+    """Body of a fixture: one started redis-server (installed if need be), or a skip."""
+    import pytest
+
+    path, why = find_or_install()
+    if path is None:
+        pytest.skip(f"redis-server unavailable: {why}")
+    server = RedisServer(path)
+    server.start()
+    yield server
+    server.stop()
 
 
 def _as_dict(entry: object) -> dict[str, object]:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from redis_server import RedisServer, find_or_install, free_port
+from redis_server import free_port, running_redis
+from supervised import wait_until_serving
 
 ASYNCIO_ONLY = pytest.mark.asyncio(loop_factories=["asyncio"])
 
@@ -46,21 +47,7 @@ async def app(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def redis() -> Any:
-    path, why = find_or_install()
-    if path is None:
-        pytest.skip(f"redis-server unavailable: {why}")
-    server = RedisServer(path)
-    server.start()
-    yield server
-    server.stop()
-
-
-async def http_get(port: int, path: str) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    return data.partition(b"\r\n\r\n")[2].decode()
+    yield from running_redis()
 
 
 @ASYNCIO_ONLY
@@ -77,14 +64,7 @@ async def test_topic_messages_cross_two_workers_through_redis(redis: Any, tmp_pa
     clients = {}
     try:
         async with asyncio.timeout(20):
-            while True:
-                try:
-                    if (await http_get(port, "/")).isdigit():
-                        break
-                except OSError:
-                    pass
-                assert proc.returncode is None, "the supervisor exited"
-                await asyncio.sleep(0.05)
+            await wait_until_serving(proc, port, "/", timeout=20)
             for _ in range(60):
                 ws = await connect(f"ws://127.0.0.1:{port}/")
                 pid = int(await ws.recv())

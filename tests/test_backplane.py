@@ -24,6 +24,7 @@ import pytest
 import bunws
 from bunws.backplane import decode_envelope, encode_envelope
 from redis_server import RedisServer, find_or_install, free_port, version
+from supervised import http_get
 
 import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
@@ -79,16 +80,6 @@ async def node(redis_url: str, prefix: str, **env: str) -> AsyncIterator[int]:
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
-
-
-async def http_get(port: int, path: str) -> str:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-    return data.partition(b"\r\n\r\n")[2].decode()
 
 
 async def client(port: int, *topics: str) -> ClientConnection:

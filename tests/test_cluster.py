@@ -252,7 +252,8 @@ async def test_read_from_replicas(cluster: RedisCluster) -> None:
 @ASYNCIO_ONLY
 async def test_a_subprocess_node_seeded_with_a_list(cluster: RedisCluster) -> None:
     """A ``bunws.run`` process (tests/backplane_node.py) seeded with two other nodes."""
-    from test_backplane import http_get, node
+    from supervised import http_get
+    from test_backplane import node
 
     prefix = f"t{uuid.uuid4().hex[:6]}:"
     topics = topics_over_all_shards(cluster, prefix, 16)

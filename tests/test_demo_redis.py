@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import websockets
 
-from redis_server import RedisServer, find_or_install
+from redis_server import running_redis
 
 TIMEOUT = 15.0
 CHANNEL = "bunws-demo:room:lobby"  # the demo's channel_prefix + topic "room:lobby"
@@ -35,13 +35,7 @@ MAX_CLIENTS = 60
 
 @pytest.fixture(scope="module")
 def redis_server() -> Any:
-    path, why = find_or_install()
-    if path is None:
-        pytest.skip(f"redis-server unavailable: {why}")
-    server = RedisServer(path)
-    server.start()
-    yield server
-    server.stop()
+    yield from running_redis()
 
 
 def _start(redis_url: str) -> tuple[subprocess.Popen[str], int, list[str], threading.Thread]:

@@ -14,7 +14,7 @@ import pytest
 from conftest import eventually, running
 from rawclient import RawClient
 from redis_server import free_port
-from test_backplane import http_get
+from supervised import http_get, wait_until_serving
 
 from websockets.asyncio.client import connect
 
@@ -105,15 +105,7 @@ async def test_one_scrape_sees_every_worker() -> None:
     )
     clients: list[Any] = []
     try:
-        async with asyncio.timeout(15):
-            while True:
-                try:
-                    if (await http_get(port, "/pid")).isdigit():
-                        break
-                except OSError:
-                    pass
-                assert proc.returncode is None, "supervisor exited"
-                await asyncio.sleep(0.05)
+        await wait_until_serving(proc, port, "/pid")
         pids: list[int] = []
         for _ in range(60):  # until both workers keep clients after two close (the kernel chooses)
             ws = await asyncio.wait_for(connect(f"ws://127.0.0.1:{port}/ws"), 5)

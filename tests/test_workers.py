@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from redis_server import RedisServer, find_or_install, free_port
-from test_backplane import NODE, http_get, recv
+from redis_server import free_port, running_redis
+from supervised import http_get, wait_until_serving
+from test_backplane import NODE, recv
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -27,13 +28,7 @@ ASYNCIO_ONLY = pytest.mark.asyncio(loop_factories=["asyncio"])
 
 @pytest.fixture(scope="module")
 def redis() -> Any:
-    path, why = find_or_install()
-    if path is None:
-        pytest.skip(f"redis-server unavailable: {why}")
-    server = RedisServer(path)
-    server.start()
-    yield server
-    server.stop()
+    yield from running_redis()
 
 
 @contextlib.asynccontextmanager
@@ -45,15 +40,7 @@ async def supervisor(redis: Any, **env: str) -> AsyncIterator[tuple[asyncio.subp
         env=dict(os.environ, REDIS_URL=redis.url, PREFIX=f"w{port}:", WORKERS="2", PORT=str(port), **env),
     )
     try:
-        async with asyncio.timeout(15):
-            while True:
-                try:
-                    if (await http_get(port, "/pid")).isdigit():
-                        break
-                except OSError:
-                    pass
-                assert proc.returncode is None, "supervisor exited"
-                await asyncio.sleep(0.05)
+        await wait_until_serving(proc, port, "/pid")
         yield proc, port
     finally:
         if proc.returncode is None:
