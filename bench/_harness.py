@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 import resource
 import shutil
@@ -575,3 +576,15 @@ def shuffled(seq, seed):
     seq = list(seq)
     random.Random(seed).shuffle(seq)
     return seq
+
+
+def write_section(path, heading, section):
+    """Replace the ``heading`` section of the results file ``path`` (or append it)."""
+    text = open(path).read() if os.path.exists(path) else "# Results\n"
+    pattern = re.compile(re.escape(heading) + r"\n.*?(?=\n## |\Z)", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -190,7 +189,7 @@ def main() -> None:
     if a.quick:
         a.duration, a.samples, a.reps = 2.0, 300, 1
 
-    from _harness import build_c, machine_info
+    from _harness import build_c, machine_info, write_section
     from redis_server import RedisServer, find_or_install
 
     loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"), libs=["-lz"])
@@ -253,14 +252,7 @@ def main() -> None:
             "uvloop, nothing pinned (2 workers, redis-server and the load generator share the 2 cores)\n\n"
             + table + "\n"
         )
-        text = open(a.write).read() if os.path.exists(a.write) else "# Results\n"
-        pattern = re.compile(r"## Backplane \(bench/bench_backplane\.py\)\n.*?(?=\n## |\Z)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(section.rstrip("\n") + "\n", text)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        with open(a.write, "w") as f:
-            f.write(text)
+        write_section(a.write, "## Backplane (bench/bench_backplane.py)", section)
 
 
 if __name__ == "__main__":

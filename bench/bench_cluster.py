@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 
@@ -59,7 +58,7 @@ def main() -> None:
     if a.quick:
         a.duration, a.samples, a.reps = 2.0, 300, 1
 
-    from _harness import build_c, machine_info
+    from _harness import build_c, machine_info, write_section
     from redis_server import RedisCluster, RedisServer, find_or_install
 
     loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"), libs=["-lz"])
@@ -107,11 +106,7 @@ def main() -> None:
             "uvloop, nothing pinned; the machine is shared with other jobs and noisy: compare ratios\n\n"
             + table + "\n"
         )
-        text = open(a.write).read() if os.path.exists(a.write) else "# Results\n"
-        pattern = re.compile(r"## Redis Cluster backplane \(bench/bench_cluster\.py\)\n.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-        with open(a.write, "w") as f:
-            f.write(text)
+        write_section(a.write, "## Redis Cluster backplane (bench/bench_cluster.py)", section)
 
 
 if __name__ == "__main__":
