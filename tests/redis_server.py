@@ -255,8 +255,8 @@ class RedisCluster:
         return self.call(port, "CLUSTER", "MYID").decode()  # type: ignore[union-attr]
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Until every live node says cluster_state:ok and sees one master per shard,
-        and every replica is in sync with its master."""
+        """Until every live node says cluster_state:ok and sees one master per shard
+        with all its replicas online, and every replica is in sync with its master."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -267,7 +267,11 @@ class RedisCluster:
                         ok = False
                         break
                     masters = [s for s in self.shards(port) if s.get("health") == "online" and s["slots"]]
-                    if len(masters) != self.masters:
+                    # A restarted old master rejoins as a replica only after gossip:
+                    # until then its shard lacks the replica a failover test needs.
+                    if len(masters) != self.masters or any(
+                        s["replicas_online"] < self.replicas for s in masters  # type: ignore[operator]
+                    ):
                         ok = False
                         break
                     role = self.call(port, "ROLE")
