@@ -22,17 +22,27 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from installs import one_at_a_time
+
 _install_error: str | None = None
 
 
 def find_or_install() -> tuple[str | None, str]:
     """``(path to redis-server, "")`` or ``(None, why not)``."""
-    global _install_error
     path = shutil.which("redis-server")
     if path:
         return path, ""
     if _install_error is not None:
         return None, _install_error
+    with one_at_a_time():
+        return _install()
+
+
+def _install() -> tuple[str | None, str]:
+    global _install_error
+    path = shutil.which("redis-server")
+    if path:  # another worker installed it while we waited for the lock
+        return path, ""
     apt = shutil.which("apt-get")
     if apt is None:
         _install_error = "redis-server is not on PATH and apt-get is not available"

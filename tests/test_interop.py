@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 import websockets
 from conftest import running
+from installs import one_at_a_time
 
 import bunws
 from bunws.demo import ChatDemo, parse_binary_frame
@@ -82,7 +83,8 @@ def chromium() -> tuple[str, str]:
             pytest.skip("chromium is not installed and there is no apt-get to install it")
         if os.geteuid() != 0:
             pytest.skip("chromium is not installed and apt-get needs root")
-        ok, log = _apt_install("chromium")
+        with one_at_a_time():
+            ok, log = (True, "") if shutil.which("chromium") else _apt_install("chromium")
         path = shutil.which("chromium")
         if not ok or path is None:
             pytest.skip(f"could not install Debian's chromium package:\n{log}")
@@ -93,7 +95,11 @@ def chromium() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """A node_modules with ``ws`` and ``bun``, installed with npm when missing."""
-    modules = CACHE / "node" / "node_modules"
+    with one_at_a_time():
+        return _npm_install(CACHE / "node" / "node_modules")
+
+
+def _npm_install(modules: Path) -> Path:
     if (modules / "ws" / "package.json").exists() and (modules / ".bin" / "bun").exists():
         return modules
     npm = shutil.which("npm")
