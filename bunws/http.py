@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import HandshakeError, InvalidArgument, InvalidType
+from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
 
 __all__ = ["Headers", "Request", "Response", "accept_key", "check_host", "check_upgrade_request"]
 
@@ -207,12 +207,16 @@ class Request:
 
     async def body(self) -> bytes:
         """The request body as ``bytes`` (read whole before ``fetch`` runs, or from
-        :attr:`body_stream` now, bounded by ``max_request_body_size``)."""
+        what is left of :attr:`body_stream` now, bounded by ``max_request_body_size``); raises
+        :class:`~bunws.errors.ClosedError` for a streamed body that cannot be had
+        whole (the client left mid-body, or it went past the limit)."""
         stream = self._stream
-        if stream is not None and not stream.discarding:
-            parts = [self._body]
+        if stream is not None:
+            parts = [self._body]  # what earlier calls read
             while chunk := await stream.read():
                 parts.append(chunk)
+            if not stream.complete or stream.too_large:
+                raise ClosedError("the request body ended early (client gone or past max_body_size)")
             self._body = b"".join(parts)
         return self._body
 

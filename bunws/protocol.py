@@ -449,6 +449,7 @@ class Connection(asyncio.BufferedProtocol):
         assert self._queue is not None
         self._queue.append((req, parser.should_keep_alive()))
         self._stream = stream
+        self.deadline = self.clock() + self.server.handshake_timeout  # for the body's next bytes
 
     def _new_request(self, parser: Any, headers: list[tuple[str, str]], body: bytes) -> Request:
         return Request(
@@ -464,13 +465,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def _stream_drained(self) -> None:
         """The running fetch read its streamed body: parse what waited meanwhile."""
-        if self.phase is not HTTP or self._unparsed is None or (self._stream is not None and self._stream.full):
+        if self.phase is not HTTP:
             return
-        if self._queue_full():
-            return
-        data, self._unparsed = self._unparsed, None
-        self._parse(data)
-        self._check_stream_end()
+        if self._unparsed is not None and not self._queue_full():
+            data, self._unparsed = self._unparsed, None
+            self._parse(data)
+            self._check_stream_end()
         self.update_reading()
 
     def _check_stream_end(self) -> None:
@@ -486,6 +486,7 @@ class Connection(asyncio.BufferedProtocol):
         stream = self._stream
         if stream is not None:
             stream.feed(body)
+            self.deadline = self.clock() + self.server.handshake_timeout
             if stream.received > self.server.max_body_size:
                 self._stream = None
                 if stream.discarding:
@@ -535,8 +536,10 @@ class Connection(asyncio.BufferedProtocol):
                 break
             data, self._unparsed = self._unparsed, None
             self._parse(data)
-        if self.phase == HTTP and self._peer_eof and self._http_idle():
-            self._close_http()
+        if self.phase == HTTP and self._peer_eof:
+            self._check_stream_end()
+            if self._http_idle():
+                self._close_http()
         self.update_reading()
 
     def _answer_queued(self) -> None:
@@ -713,6 +716,7 @@ class Connection(asyncio.BufferedProtocol):
             (session is not None and session.paused and session.state is SessionState.OPEN)
             or self._unparsed is not None
             or self._write_blocked
+            or (self._stream is not None and self._stream.full)
             or (held is not None and len(held) >= HOLD_LIMIT)
         )
         if wanted == self._reading_paused or self._tls_pending:
@@ -815,6 +819,14 @@ class Connection(asyncio.BufferedProtocol):
         if self._write_blocked and unsent <= HTTP_WRITE_LIMIT // 4:
             self.resume_writing()  # a transport that never resumed us
         if now < self.deadline:
+            return
+        stream = self._stream
+        if self._fetch_running and stream is not None and not self._queue and not stream.full:
+            # The running fetch waits for a body the client stopped sending (it is
+            # told http.disconnect); a full stream is the app's to read.
+            stream.client_gone()
+            self._stream = None
+            transport.abort()
             return
         if self._fetch_running:
             # fetch is the application's to bound; an upgrade left deciding keeps the

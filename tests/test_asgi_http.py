@@ -350,3 +350,75 @@ async def test_an_app_that_ignores_the_body_keeps_the_connection_right() -> None
         got = split_responses(await raw_exchange(server.port, requests))
         assert [b for _, b in got] == [b"/ignored", b"/next"]
         assert b"Connection: close" not in got[0][0]
+
+
+async def test_a_body_past_the_limit_after_the_answer_started_closes_the_connection() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early", "more_body": True})
+        while (await receive())["type"] == "http.request":
+            pass
+        await send({"type": "http.response.body", "body": b"never"})
+
+    async with asgi_server(app, lifespan="off", max_body_size=100_000) as server:
+        chunk = b"d" * 60_000
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 + framed * 2 + b"0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"5\r\nearly\r\n")  # cut: no last chunk
+
+
+class StreamingFetch:
+    """A native fetch that asks for its body streamed and reads it with ``req.body()``."""
+
+    def streams_body(self, req: Any) -> bool:
+        """Every request's body is streamed."""
+        return True
+
+    async def __call__(self, req: Any, server: Any) -> Any:
+        try:
+            body = await req.body()
+        except bunws.WebSocketError as exc:
+            self.error = exc
+            return bunws.Response("gone", status=400)
+        return bunws.Response(b"%d %d" % (len(body), sum(body) % 251))
+
+
+async def test_request_body_reads_a_streamed_body_whole_or_raises() -> None:
+    fetch = StreamingFetch()
+    server = await bunws.serve(fetch, hostname="127.0.0.1", port=0)
+    try:
+        body = patterned(300_000)
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        assert got.endswith(b"\r\n\r\n300000 %d" % (sum(body) % 251))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9000\r\n\r\nabc")
+        await writer.drain()
+        writer.write_eof()
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400")
+        assert isinstance(fetch.error, bunws.ClosedError)
+        writer.close()
+    finally:
+        await asyncio.wait_for(server.stop(close_active=True), 15)
+
+
+async def test_a_client_that_stops_sending_its_body_is_timed_out() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (message := await receive())["type"] == "http.request":
+            seen.append(message["type"])
+        seen.append(message["type"])
+
+    async with asgi_server(app, lifespan="off", handshake_timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer can follow
+        await eventually(lambda: seen[-1:] == ["http.disconnect"])
+        assert seen == ["http.request", "http.disconnect"]
+        writer.close()
