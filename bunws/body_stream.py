@@ -73,6 +73,7 @@ class BodyStream:
         self._discarding = True
         self._chunks.clear()
         self._buffered = 0
+        self._wake()
 
     @property
     def full(self) -> bool:
@@ -117,14 +118,15 @@ class BodyStream:
 
     async def read(self) -> bytes:
         """What arrived since the last read, waiting for some; ``b""`` once nothing
-        more comes (see :attr:`complete`, :attr:`disconnected`, :attr:`too_large`)."""
-        while not self._chunks and not (self._complete or self._gone or self._too_large):
+        more comes (see :attr:`complete`, :attr:`disconnected`, :attr:`too_large`,
+        :attr:`discarding`)."""
+        while not self._chunks and not (self._complete or self._gone or self._too_large or self._discarding):
             waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
-        if self._too_large or not self._chunks:
+        if self._too_large or self._discarding or not self._chunks:
             return b""
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)

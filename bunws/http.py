@@ -167,7 +167,7 @@ class Request:
 
     @property
     def body_size(self) -> int:
-        """Length of the request body in bytes."""
+        """Length of the request body in bytes (of a streamed one: what ``body()`` read)."""
         return len(self._body)
 
     @property
@@ -209,13 +209,14 @@ class Request:
         """The request body as ``bytes`` (read whole before ``fetch`` runs, or from
         what is left of :attr:`body_stream` now, bounded by ``max_request_body_size``); raises
         :class:`~bunws.errors.ClosedError` for a streamed body that cannot be had
-        whole (the client left mid-body, or it went past the limit)."""
+        whole (the client left mid-body, it went past the limit, or the answer
+        was given and the rest dropped)."""
         stream = self._stream
         if stream is not None:
             parts = [self._body]  # what earlier calls read
             while chunk := await stream.read():
                 parts.append(chunk)
-            if not stream.complete or stream.too_large:
+            if not stream.complete or stream.too_large or stream.discarding:
                 raise ClosedError("the request body ended early (client gone or past max_body_size)")
             self._body = b"".join(parts)
         return self._body

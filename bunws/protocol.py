@@ -418,25 +418,30 @@ class Connection(asyncio.BufferedProtocol):
             self._refuse(400)
             raise _Rejected
         limit = self.server.max_body_size
+        has_body = False  # neither header: no body (RFC 9112 §6.3), nothing to stream
         for name, value in headers:
             lower = name.lower()
             if lower == "content-length":
                 try:
-                    too_big = int(value) > limit
+                    length = int(value)
                 except ValueError:
-                    too_big = False  # llhttp has already rejected a malformed length
-                if too_big:
+                    length = 0  # llhttp has already rejected a malformed length
+                if length > limit:
                     self._refuse(413)
                     raise _Rejected
+                has_body = has_body or length > 0
+            elif lower == "transfer-encoding":
+                has_body = True
             elif lower == "expect" and value.lower() == "100-continue":
                 # The interim answer may not overtake the final answers before it.
                 if self._queue or self._fetch_running:
                     self._continue_due = True
                 else:
                     self.transport.write(_CONTINUE)
-        wants_stream = getattr(self.server.fetch, "streams_body", None)
-        if wants_stream is not None:
-            self._queue_streamed(parser, headers, wants_stream)
+        if has_body:
+            wants_stream = getattr(self.server.fetch, "streams_body", None)
+            if wants_stream is not None:
+                self._queue_streamed(parser, headers, wants_stream)
 
     def _queue_streamed(self, parser: Any, headers: list[tuple[str, str]], wants_stream: Any) -> None:
         """Queue the request now, its body to come through a ``BodyStream``, when
