@@ -178,6 +178,14 @@ class ASGIFetch:
             return task
         return self._http(req, server)
 
+    def streams_body(self, req: Request) -> bool:
+        """Asked by the connection once ``req``'s head is parsed: the app gets the
+        body as it arrives (``http.request`` with ``more_body``); native paths and
+        Upgrade requests keep theirs read whole first."""
+        if "upgrade" in req.headers:
+            return False
+        return not self.native or self._native_fetch(req.path) is None
+
     def _native_fetch(self, path: str) -> Callable[..., Any] | None:
         for prefix, fetch in self.native.items():
             if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
@@ -193,7 +201,8 @@ class ASGIFetch:
     async def _http(self, req: Request, server: Server) -> Any:
         if self._started is not None:
             await self._started
-        cycle = HTTPCycle(req, await req.body(), server.handshake_timeout)
+        body = b"" if req.body_stream is not None else await req.body()
+        cycle = HTTPCycle(req, body, server.handshake_timeout)
         scope = HTTPCycle.scope(req, self.root_path, self.state, {})
         scope["bunws.topics"] = self._topics(server)
         return await cycle.run(self.app, scope)

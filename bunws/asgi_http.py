@@ -93,7 +93,7 @@ class HTTPCycle:
     __slots__ = (
         "req", "conn", "transport", "body", "offset", "close", "head_only",
         "status", "headers", "started", "complete", "chunked", "length_given",
-        "done", "write_timeout",
+        "done", "write_timeout", "stream", "refused",
     )
 
     def __init__(self, req: Request, body: bytes, write_timeout: float) -> None:
@@ -114,6 +114,8 @@ class HTTPCycle:
         self.length_given = False  # the app sent its own Content-Length
         self.done: asyncio.Future[None] | None = None  # receive() after the body waits on it
         self.write_timeout = write_timeout
+        self.stream = req.body_stream  # the body as it arrives, when the connection streams it
+        self.refused = False  # the server answered 413 for the app (body too large)
 
     # ------------------------------------------------------------------ the scope
     @staticmethod
@@ -155,8 +157,11 @@ class HTTPCycle:
     async def receive(self) -> dict[str, Any]:
         """The body in slices, then (once answered, or when the client goes)
         ``http.disconnect``."""
+        stream = self.stream
+        if stream is not None and self.done is None:
+            return await self._receive_streamed(stream)
         body = self.body
-        if self.offset < len(body) or (self.offset == 0 and self.done is None):
+        if stream is None and (self.offset < len(body) or (self.offset == 0 and self.done is None)):
             start = self.offset
             self.offset = start + BODY_CHUNK
             if self.offset >= len(body):
@@ -171,10 +176,38 @@ class HTTPCycle:
             await asyncio.wait((waiter, lost), return_when=asyncio.FIRST_COMPLETED)
         return {"type": "http.disconnect"}
 
+    async def _receive_streamed(self, stream: Any) -> dict[str, Any]:
+        """The next part of a body the connection streams (bounded buffer)."""
+        data = await stream.read()
+        if stream.too_large:
+            self._refuse_body()
+            self.done = self.conn.server.loop.create_future()
+            return {"type": "http.disconnect"}
+        if not data and not stream.complete:  # the client left mid-body
+            self.done = self.conn.server.loop.create_future()
+            return {"type": "http.disconnect"}
+        more = not (stream.complete and not stream.buffered)
+        if not more:
+            self.done = self.conn.server.loop.create_future()
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    def _refuse_body(self) -> None:
+        """The body went past ``max_body_size``: 413 if nothing of the answer is
+        out yet (the app's own answer is then dropped), else end the connection."""
+        self.close = True
+        if not self.started or self.headers is not None:
+            self.refused = True
+            self.complete = True
+            self.transport.write(simple_response(413, head_only=self.head_only))
+        else:
+            self.transport.close()
+
     # ------------------------------------------------------------------ send
     async def send(self, message: dict[str, Any]) -> None:
         """``http.response.start`` then ``http.response.body`` parts."""
         kind = message["type"]
+        if self.refused:
+            return  # the server answered 413 instead
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
@@ -259,6 +292,8 @@ class HTTPCycle:
             return self._failed()
         finally:
             self._finish_waiters()
+        if self.refused:
+            return CLOSE
         if not self.started:
             logger.error("ASGI app returned without a response for %s %s", self.req.method, self.req.target)
             return self._failed()
@@ -268,6 +303,8 @@ class HTTPCycle:
         return CLOSE if self.close else KEEP_OPEN
 
     def _failed(self) -> WrittenAnswer:
+        if self.refused:
+            return CLOSE
         if not self.started or self.headers is not None:
             # Nothing written yet: a 500 still fits.
             self.transport.write(simple_response(500, head_only=self.head_only))

@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import HandshakeError, InvalidArgument, InvalidType
+from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType
 
 __all__ = ["Headers", "Request", "Response", "accept_key", "check_host", "check_upgrade_request"]
 
@@ -111,6 +111,7 @@ class Request:
         "_connection",
         "_upgraded",
         "_query",
+        "_stream",
         "__weakref__",
     )
 
@@ -136,6 +137,7 @@ class Request:
         self._connection = connection
         self._upgraded = False
         self._query: dict[str, str] | None = None
+        self._stream: Any = None
 
     @property
     def connection(self) -> Any:
@@ -152,8 +154,20 @@ class Request:
         self._upgraded = True
 
     @property
+    def body_stream(self) -> Any:
+        """The :class:`bunws.body_stream.BodyStream` the body arrives through while
+        ``fetch`` runs, for a ``fetch`` that asked for it (``streams_body``); else
+        ``None`` and the body was read whole first."""
+        return self._stream
+
+    def attach_body_stream(self, stream: Any) -> None:
+        """The connection streams this request's body through ``stream`` (set once,
+        before ``fetch`` runs)."""
+        self._stream = stream
+
+    @property
     def body_size(self) -> int:
-        """Length of the request body in bytes."""
+        """Length of the request body in bytes (of a streamed one: what ``body()`` read)."""
         return len(self._body)
 
     @property
@@ -192,16 +206,28 @@ class Request:
         return f"{self.scheme}://{host}{self.target}"
 
     async def body(self) -> bytes:
-        """The request body as ``bytes`` (read whole before ``fetch`` runs)."""
+        """The request body as ``bytes`` (read whole before ``fetch`` runs, or from
+        what is left of :attr:`body_stream` now, bounded by ``max_request_body_size``); raises
+        :class:`~bunws.errors.ClosedError` for a streamed body that cannot be had
+        whole (the client left mid-body, it went past the limit, or the answer
+        was given and the rest dropped)."""
+        stream = self._stream
+        if stream is not None:
+            parts = [self._body]  # what earlier calls read
+            while chunk := await stream.read():
+                parts.append(chunk)
+            if not stream.complete or stream.too_large or stream.discarding:
+                raise ClosedError("the request body ended early (client gone or past max_body_size)")
+            self._body = b"".join(parts)
         return self._body
 
     async def text(self) -> str:
         """The request body decoded as UTF-8 (invalid bytes become U+FFFD)."""
-        return self._body.decode("utf-8", errors="replace")
+        return (await self.body()).decode("utf-8", errors="replace")
 
     async def json(self) -> Any:
         """The request body parsed as JSON."""
-        return _json.loads(self._body)
+        return _json.loads(await self.body())
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target}>"

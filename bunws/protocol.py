@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from .body_stream import BodyStream
 from .http import Headers, Request, Response, build_response, check_host, simple_response
 from .session import SessionState
 
@@ -74,7 +75,7 @@ class Connection(asyncio.BufferedProtocol):
         "_callbacks", "_body", "_queue", "_queued_body", "_unparsed", "_fetch_running",
         "_early_bytes", "_close_after", "_server_answer", "_write_blocked", "_reading_paused",
         "_peer_eof", "_continue_due", "_tls_pending", "_tls_early", "_unsent", "deadline",
-        "session", "_waiters", "__weakref__",
+        "session", "_waiters", "_stream", "__weakref__",
     )
 
     def __init__(self, server: Server) -> None:
@@ -116,6 +117,7 @@ class Connection(asyncio.BufferedProtocol):
         # WebSocket phase
         self.session: WebSocketSession | None = None
         self._waiters: list[asyncio.Future[None]] | None = None  # wait_writable() callers
+        self._stream: BodyStream | None = None  # the streamed body the parser is in
 
     # ================================================================ transport events
     def connection_made(self, transport: Any) -> None:
@@ -220,6 +222,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.phase is HTTP and not self._http_idle() and self.server.ssl is None:
             # A half-close still lets the client read the answers it is owed.
             self._peer_eof = True
+            self._check_stream_end()
             return True
         if self.phase is WEBSOCKET and self._early_bytes is not None:
             self._peer_eof = True  # the frames already received are dispatched first
@@ -258,6 +261,9 @@ class Connection(asyncio.BufferedProtocol):
         session = self.session
         if session is not None:
             session.lost()
+        if self._stream is not None:
+            self._stream.client_gone()
+            self._stream = None
         self.phase = CLOSED
         self._http = None
         self._queue = None
@@ -315,7 +321,7 @@ class Connection(asyncio.BufferedProtocol):
                 if self._early_bytes is not None:
                     self._keep_early_bytes(view[pos:])
                 return  # refused: what follows is never read
-            if self._queue_full():
+            if self._queue_full() or (self._stream is not None and self._stream.full):
                 self._unparsed = bytearray(view[pos:])
                 return
             chunk = view[pos : pos + PARSE_SLICE]
@@ -412,26 +418,90 @@ class Connection(asyncio.BufferedProtocol):
             self._refuse(400)
             raise _Rejected
         limit = self.server.max_body_size
+        has_body = False  # neither header: no body (RFC 9112 §6.3), nothing to stream
         for name, value in headers:
             lower = name.lower()
             if lower == "content-length":
                 try:
-                    too_big = int(value) > limit
+                    length = int(value)
                 except ValueError:
-                    too_big = False  # llhttp has already rejected a malformed length
-                if too_big:
+                    length = 0  # llhttp has already rejected a malformed length
+                if length > limit:
                     self._refuse(413)
                     raise _Rejected
+                has_body = has_body or length > 0
+            elif lower == "transfer-encoding":
+                has_body = True
             elif lower == "expect" and value.lower() == "100-continue":
                 # The interim answer may not overtake the final answers before it.
                 if self._queue or self._fetch_running:
                     self._continue_due = True
                 else:
                     self.transport.write(_CONTINUE)
+        if has_body:
+            wants_stream = getattr(self.server.fetch, "streams_body", None)
+            if wants_stream is not None:
+                self._queue_streamed(parser, headers, wants_stream)
+
+    def _queue_streamed(self, parser: Any, headers: list[tuple[str, str]], wants_stream: Any) -> None:
+        """Queue the request now, its body to come through a ``BodyStream``, when
+        ``fetch.streams_body(req)`` asks for it (its fetch starts in its turn)."""
+        req = self._new_request(parser, headers, b"")
+        if not wants_stream(req):
+            return
+        stream = BodyStream(self.server.loop, self._stream_drained)
+        req.attach_body_stream(stream)
+        assert self._queue is not None
+        self._queue.append((req, parser.should_keep_alive()))
+        self._stream = stream
+        self.deadline = self.clock() + self.server.handshake_timeout  # for the body's next bytes
+
+    def _new_request(self, parser: Any, headers: list[tuple[str, str]], body: bytes) -> Request:
+        return Request(
+            parser.get_method().decode("latin-1"),
+            self._url.decode("latin-1"),
+            Headers(headers),
+            body,
+            http_version=parser.get_http_version(),
+            remote_address=self.remote_address,
+            scheme=self.server.scheme,
+            connection=self,
+        )
+
+    def _stream_drained(self) -> None:
+        """The running fetch read its streamed body: parse what waited meanwhile."""
+        if self.phase is not HTTP:
+            return
+        if self._unparsed is not None and not self._queue_full():
+            data, self._unparsed = self._unparsed, None
+            self._parse(data)
+            self._check_stream_end()
+        self.update_reading()
+
+    def _check_stream_end(self) -> None:
+        """A client that half-closed with all its input parsed sends no more body."""
+        stream = self._stream
+        if stream is not None and self._peer_eof and self._unparsed is None:
+            stream.client_gone()
+            self._stream = None
 
     def on_body(self, body: bytes) -> None:
         """Parser callback: part of the body (bounded by ``max_body_size``)."""
         self._callbacks += 1
+        stream = self._stream
+        if stream is not None:
+            stream.feed(body)
+            self.deadline = self.clock() + self.server.handshake_timeout
+            if stream.received > self.server.max_body_size:
+                self._stream = None
+                if stream.discarding:
+                    self._close_http()  # its answer is written: nothing more to say
+                else:
+                    stream.refuse_too_large()  # the fetch answers 413 if it still can
+                    self._http = None
+                    self._unparsed = None
+                raise _Rejected
+            return
         if self._body is None:
             self._body = bytearray()
         self._body += body
@@ -444,20 +514,14 @@ class Connection(asyncio.BufferedProtocol):
         self._callbacks += 1
         parser, headers, queue = self._http, self._headers, self._queue
         assert parser is not None and headers is not None and queue is not None
-        version = parser.get_http_version()
-        body = bytes(self._body) if self._body else b""
-        req = Request(
-            parser.get_method().decode("latin-1"),
-            self._url.decode("latin-1"),
-            Headers(headers),
-            body,
-            http_version=version,
-            remote_address=self.remote_address,
-            scheme=self.server.scheme,
-            connection=self,
-        )
-        queue.append((req, parser.should_keep_alive()))
-        self._queued_body += len(body)
+        stream = self._stream
+        if stream is not None:
+            stream.finish()  # queued when its head was parsed
+            self._stream = None
+        else:
+            body = bytes(self._body) if self._body else b""
+            queue.append((self._new_request(parser, headers, body), parser.should_keep_alive()))
+            self._queued_body += len(body)
         self._continue_due = False  # the body came anyway: the final answer will do
         self._url = b""
         self._headers = None
@@ -477,8 +541,10 @@ class Connection(asyncio.BufferedProtocol):
                 break
             data, self._unparsed = self._unparsed, None
             self._parse(data)
-        if self.phase == HTTP and self._peer_eof and self._http_idle():
-            self._close_http()
+        if self.phase == HTTP and self._peer_eof:
+            self._check_stream_end()
+            if self._http_idle():
+                self._close_http()
         self.update_reading()
 
     def _answer_queued(self) -> None:
@@ -496,6 +562,9 @@ class Connection(asyncio.BufferedProtocol):
                 return
             assert isinstance(item, Request)
             req = item
+            if self._continue_due and req.body_stream is not None and req.body_stream is self._stream:
+                self._continue_due = False  # its turn: now the client may send the body
+                self.transport.write(_CONTINUE)
             self._queued_body -= req.body_size
             server = self.server
             server.recorder.http_requests += 1
@@ -532,12 +601,26 @@ class Connection(asyncio.BufferedProtocol):
         elif self.phase == HTTP:
             self._send_http(simple_response(500, head_only=req.method == "HEAD"), close=True)
 
+    def _body_cut(self, req: Request) -> bool:
+        """After ``req``'s answer: whether its streamed body ended early, so the
+        connection must close. A body the fetch did not read is read on and
+        dropped instead (bounded by ``max_body_size``), keeping the connection."""
+        stream = req.body_stream
+        if stream is None or stream.complete:
+            return False
+        if stream is self._stream and self._http is not None:
+            stream.discard()
+            return False
+        return True
+
     def _write_answer(self, req: Request, result: Any, keep_alive: bool) -> None:
         if req.upgraded:
             self._release_early_bytes()
             return
         if self.phase != HTTP:
             return
+        if self._body_cut(req):
+            keep_alive = False
         if self._server_answer is not None:
             answer, self._server_answer = self._server_answer, None
             self._send_http(answer, close=True)
@@ -638,6 +721,7 @@ class Connection(asyncio.BufferedProtocol):
             (session is not None and session.paused and session.state is SessionState.OPEN)
             or self._unparsed is not None
             or self._write_blocked
+            or (self._stream is not None and self._stream.full)
             or (held is not None and len(held) >= HOLD_LIMIT)
         )
         if wanted == self._reading_paused or self._tls_pending:
@@ -740,6 +824,14 @@ class Connection(asyncio.BufferedProtocol):
         if self._write_blocked and unsent <= HTTP_WRITE_LIMIT // 4:
             self.resume_writing()  # a transport that never resumed us
         if now < self.deadline:
+            return
+        stream = self._stream
+        if self._fetch_running and stream is not None and not self._queue and not stream.full:
+            # The running fetch waits for a body the client stopped sending (it is
+            # told http.disconnect); a full stream is the app's to read.
+            stream.client_gone()
+            self._stream = None
+            transport.abort()
             return
         if self._fetch_running:
             # fetch is the application's to bound; an upgrade left deciding keeps the

@@ -14,7 +14,10 @@ import pytest
 from asgi_support import asgi_server, raw_exchange
 from conftest import eventually
 
-from bunws.asgi import LifespanFailed, serve_asgi
+import bunws
+from bunws.asgi import ASGIFetch, LifespanFailed, serve_asgi
+from bunws.body_stream import STREAM_LIMIT
+from bunws.protocol import PARSE_SLICE
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -223,3 +226,199 @@ async def test_absolute_form_target_gives_the_path() -> None:
             server.port, b"GET http://h/x/y?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
         info = json.loads(got[0][1])
         assert info["path"] == "/x/y" and info["query"] == "q=1" and info["raw_path"] == "/x/y"
+
+
+# ---------------------------------------------------------------- streamed request bodies
+class RecordingFetch(ASGIFetch):
+    """The ASGI fetch, keeping each request whose body it asked to stream."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.requests: list[Any] = []
+
+    def streams_body(self, req: Any) -> bool:
+        """As ASGIFetch decides, recording the request."""
+        wanted = super().streams_body(req)
+        if wanted:
+            self.requests.append(req)
+        return wanted
+
+
+def patterned(size: int) -> bytes:
+    return bytes(range(251)) * (size // 251) + bytes(range(size % 251))
+
+
+async def test_a_large_body_streams_in_order_through_a_bounded_buffer() -> None:
+    body = patterned(2_000_000)  # 27 times the buffer's bound
+    parts: list[bytes] = []
+    fetch: RecordingFetch
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        stream = fetch.requests[-1].body_stream
+        await eventually(lambda: stream.full)  # the app is slow: the buffer fills, reading pauses
+        while True:
+            message = await receive()
+            parts.append(message["body"])
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % sum(map(len, parts))})
+
+    fetch = RecordingFetch(app)
+    server = await bunws.serve(fetch, hostname="127.0.0.1", port=0, max_body_size=4_000_000)
+    try:
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body), timeout=20)
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n2000000")
+        assert b"".join(parts) == body and len(parts) > 10
+        bound = STREAM_LIMIT + PARSE_SLICE
+        assert fetch.requests[-1].body_stream.high_water <= bound
+        assert max(map(len, parts)) <= bound
+    finally:
+        await asyncio.wait_for(server.stop(close_active=True), 15)
+
+
+async def test_a_client_leaving_mid_body_reaches_receive_as_disconnect() -> None:
+    seen: list[list[tuple[str, int]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        messages: list[tuple[str, int]] = []
+        seen.append(messages)
+        while True:
+            message = await receive()
+            messages.append((message["type"], len(message.get("body", b""))))
+            if message["type"] == "http.disconnect" or not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with asgi_server(app, lifespan="off") as server:
+        for half_close in (True, False):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
+            await eventually(lambda: len(seen) == (1 if half_close else 2) and seen[-1] != [])
+            if half_close:
+                writer.write_eof()
+            else:
+                writer.close()
+            await eventually(lambda: seen[-1][-1][0] == "http.disconnect")
+            assert seen[-1] == [("http.request", 1000), ("http.disconnect", 0)]
+            if half_close:
+                # The half-closed client still reads the answer, then the close (the body was cut).
+                assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+                writer.close()
+
+
+async def test_a_streamed_body_past_the_limit_gets_413() -> None:
+    async with asgi_server(echo_app, max_body_size=100_000) as server:
+        chunk = b"b" * 60_000
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 + framed * 2 + b"0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 413") and b"Connection: close" in got
+        assert got.count(b"HTTP/1.1") == 1  # the app's own answer never follows
+
+
+async def test_pipelined_requests_after_a_streamed_body_are_answered_in_order() -> None:
+    async with asgi_server(echo_app) as server:
+        body = patterned(300_000)
+        requests = (
+            b"POST /first HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            + b"POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+            + b"GET /third HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        got = [json.loads(b) for _, b in split_responses(await raw_exchange(server.port, requests))]
+        assert [(g["path"], g["size"]) for g in got] == [("/first", 300_000), ("/second", 3), ("/third", 0)]
+        assert got[0]["parts"] > 1 and got[0]["last"] == body[-10:].decode("latin-1")
+
+
+async def test_an_app_that_ignores_the_body_keeps_the_connection_right() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    async with asgi_server(app, lifespan="off") as server:
+        body = b"c" * 500_000  # the rest is read and dropped: the next request is still found
+        requests = (
+            b"POST /ignored HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            + b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        got = split_responses(await raw_exchange(server.port, requests))
+        assert [b for _, b in got] == [b"/ignored", b"/next"]
+        assert b"Connection: close" not in got[0][0]
+
+
+async def test_a_body_past_the_limit_after_the_answer_started_closes_the_connection() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early", "more_body": True})
+        while (await receive())["type"] == "http.request":
+            pass
+        await send({"type": "http.response.body", "body": b"never"})
+
+    async with asgi_server(app, lifespan="off", max_body_size=100_000) as server:
+        chunk = b"d" * 60_000
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 + framed * 2 + b"0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"5\r\nearly\r\n")  # cut: no last chunk
+
+
+class StreamingFetch:
+    """A native fetch that asks for its body streamed and reads it with ``req.body()``."""
+
+    def streams_body(self, req: Any) -> bool:
+        """Every request's body is streamed."""
+        return True
+
+    async def __call__(self, req: Any, server: Any) -> Any:
+        try:
+            body = await req.body()
+        except bunws.WebSocketError as exc:
+            self.error = exc
+            return bunws.Response("gone", status=400)
+        return bunws.Response(b"%d %d" % (len(body), sum(body) % 251))
+
+
+async def test_request_body_reads_a_streamed_body_whole_or_raises() -> None:
+    fetch = StreamingFetch()
+    server = await bunws.serve(fetch, hostname="127.0.0.1", port=0)
+    try:
+        body = patterned(300_000)
+        got = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        assert got.endswith(b"\r\n\r\n300000 %d" % (sum(body) % 251))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9000\r\n\r\nabc")
+        await writer.drain()
+        writer.write_eof()
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400")
+        assert isinstance(fetch.error, bunws.ClosedError)
+        writer.close()
+    finally:
+        await asyncio.wait_for(server.stop(close_active=True), 15)
+
+
+async def test_a_client_that_stops_sending_its_body_is_timed_out() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (message := await receive())["type"] == "http.request":
+            seen.append(message["type"])
+        seen.append(message["type"])
+
+    async with asgi_server(app, lifespan="off", handshake_timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer can follow
+        await eventually(lambda: seen[-1:] == ["http.disconnect"])
+        assert seen == ["http.request", "http.disconnect"]
+        writer.close()
