@@ -10,13 +10,15 @@ bunws engine (a :class:`~bunws.Server` that never listens; uvicorn accepts).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import weakref
 from typing import Any
 
 from .asgi import ASGIFetch
 from .asgi_websocket import WebSocketBridge, bridge_handler
-from .protocol import Connection
+from .http import simple_response
+from .protocol import Connection, Phase
 from .server import Server, serve
 
 __all__ = ["WebSocketProtocol"]
@@ -33,7 +35,21 @@ def _idle_timeout(config: Any) -> int:
     return min(max(int(total + 0.999), 8), 960)
 
 
-def engine(config: Any, app_state: dict[str, Any], default_headers: list[tuple[bytes, bytes]]) -> Server:
+def tracked(app: Any, tasks: set[asyncio.Task[Any]]) -> Any:
+    """``app`` whose running calls are in uvicorn's ``server_state.tasks``, so that
+    uvicorn's shutdown waits for them (``timeout_graceful_shutdown``) as for its own."""
+
+    async def tracked_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await app(scope, receive, send)
+
+    return tracked_app
+
+
+def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
     """The bunws engine serving ``config``'s app (made on first use, on the running loop)."""
     found = _engines.get(config)
     if found is not None:
@@ -51,9 +67,9 @@ def engine(config: Any, app_state: dict[str, Any], default_headers: list[tuple[b
         None,
     )
     fetch = ASGIFetch(
-        config.loaded_app, root_path=getattr(config, "root_path", "") or "", state=app_state,
+        tracked(config.loaded_app, server_state.tasks), root_path=getattr(config, "root_path", "") or "", state=app_state,
         # bunws writes its own Date in the 101; uvicorn's other defaults (Server) are kept.
-        accept_headers=[(k, v) for k, v in default_headers if bytes(k).lower() != b"date"],
+        accept_headers=[(k, v) for k, v in getattr(server_state, "default_headers", []) if bytes(k).lower() != b"date"],
     )
     server = Server(fetch, handler, **defaults)
     server.start_timers()
@@ -67,7 +83,7 @@ class WebSocketProtocol(Connection):
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         if not config.loaded:
             config.load()
-        super().__init__(engine(config, app_state, getattr(server_state, "default_headers", [])))
+        super().__init__(engine(config, server_state, app_state))
         self.config = config
         self.server_state = server_state
         self.app_state = app_state
@@ -88,5 +104,11 @@ class WebSocketProtocol(Connection):
         bridge = session.ws.data if session is not None else None
         if isinstance(bridge, WebSocketBridge):
             bridge.close(1012)
+            return
+        if self.phase is Phase.HTTP and self.transport is not None:
+            # The upgrade is still with the app: uvicorn closes such connections now
+            # (the app's receive() then gives websocket.disconnect 1006).
+            self.transport.write(simple_response(503))
+            self.transport.close()
             return
         super().shutdown(close_active)
