@@ -35,18 +35,21 @@ def _idle_timeout(config: Any) -> int:
     return min(max(int(total + 0.999), 8), 960)
 
 
-def tracked(app: Any, tasks: set[asyncio.Task[Any]]) -> Any:
-    """``app`` whose running calls are in uvicorn's ``server_state.tasks``, so that
-    uvicorn's shutdown waits for them (``timeout_graceful_shutdown``) as for its own."""
+class Engine(Server):
+    """The bunws server behind one uvicorn ``Config``: its tasks (each upgrade's
+    ``fetch`` and app call) are in uvicorn's ``server_state.tasks`` from the moment
+    they exist, so uvicorn's shutdown waits for them as for its own."""
 
-    async def tracked_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await app(scope, receive, send)
+    def __init__(self, tasks: set[asyncio.Task[Any]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uvicorn_tasks = tasks
 
-    return tracked_app
+    def create_task(self, coro: Any) -> asyncio.Task[Any]:
+        """A task the server keeps, listed in uvicorn's ``server_state.tasks`` too."""
+        task = super().create_task(coro)
+        self.uvicorn_tasks.add(task)
+        task.add_done_callback(self.uvicorn_tasks.discard)
+        return task
 
 
 def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
@@ -67,14 +70,55 @@ def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
         None,
     )
     fetch = ASGIFetch(
-        tracked(config.loaded_app, server_state.tasks), root_path=getattr(config, "root_path", "") or "", state=app_state,
+        config.loaded_app, root_path=getattr(config, "root_path", "") or "", state=app_state,
         # bunws writes its own Date in the 101; uvicorn's other defaults (Server) are kept.
         accept_headers=[(k, v) for k, v in getattr(server_state, "default_headers", []) if bytes(k).lower() != b"date"],
     )
-    server = Server(fetch, handler, **defaults)
+    server = Engine(server_state.tasks, fetch, handler, **defaults)
     server.start_timers()
     _engines[config] = server
     return server
+
+
+class PartialTransport:
+    """A transport that has only the part of ``asyncio.Transport`` uvicorn's own
+    protocols use (``write``, ``close``, ``is_closing``, reading pauses,
+    ``get_extra_info``), completed for bunws: its write buffer is reported empty
+    (flow control then rests on ``pause_writing``/``resume_writing``), ``writelines``
+    writes the joined bytes, ``abort`` closes, there is no ``write_eof``."""
+
+    def __init__(self, transport: Any, protocol: Any) -> None:
+        self.transport = transport
+        self.protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def get_write_buffer_size(self) -> int:
+        """Unknown, so 0: the protocol's ``pause_writing`` says when it is full."""
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Nothing to set on such a transport."""
+
+    def writelines(self, chunks: Any) -> None:
+        """One ``write`` of the joined chunks."""
+        self.transport.write(b"".join(chunks))
+
+    def abort(self) -> None:
+        """``close`` (such a transport has no abort)."""
+        self.transport.close()
+
+    def can_write_eof(self) -> bool:
+        """No half-close on such a transport."""
+        return False
+
+    def get_protocol(self) -> Any:
+        """The protocol this transport feeds."""
+        return self.protocol
+
+
+TRANSPORT_METHODS = ("get_write_buffer_size", "set_write_buffer_limits", "writelines", "abort", "can_write_eof", "get_protocol")
 
 
 class WebSocketProtocol(Connection):
@@ -91,6 +135,8 @@ class WebSocketProtocol(Connection):
     def connection_made(self, transport: Any) -> None:
         """uvicorn hands over the transport, then replays the upgrade request."""
         self.server_state.connections.add(self)
+        if not all(hasattr(transport, name) for name in TRANSPORT_METHODS):
+            transport = PartialTransport(transport, self)
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
