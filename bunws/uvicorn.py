@@ -19,6 +19,7 @@ from .asgi import ASGIFetch
 from .asgi_websocket import WebSocketBridge, bridge_handler
 from .http import simple_response
 from .protocol import Connection, Phase
+from .options import WebSocketHandler
 from .server import Server, serve
 
 __all__ = ["WebSocketProtocol"]
@@ -26,13 +27,13 @@ __all__ = ["WebSocketProtocol"]
 _engines: weakref.WeakKeyDictionary[Any, Server] = weakref.WeakKeyDictionary()
 
 
-def _idle_timeout(config: Any) -> int:
-    """uvicorn's ping interval + timeout as bunws's idle timeout (pings before it)."""
-    interval = getattr(config, "ws_ping_interval", None)
-    if not interval:
-        return 0
-    total = interval + (getattr(config, "ws_ping_timeout", None) or 0)
-    return min(max(int(total + 0.999), 8), 960)
+def _pong(ws: Any, data: Any) -> None:
+    """A Pong arrived: the keepalive of the connection behind ``ws`` is answered."""
+    bridge = ws.data
+    if isinstance(bridge, WebSocketBridge):
+        conn = bridge.req.connection
+        if isinstance(conn, WebSocketProtocol):
+            conn.ping_sent_at = 0.0
 
 
 class Engine(Server):
@@ -62,12 +63,14 @@ def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
         if p.default is not inspect.Parameter.empty and name not in ("websocket", "sock", "backplane")
     }
     handler = bridge_handler(
-        {
-            "max_payload_length": int(getattr(config, "ws_max_size", 16 * 1024 * 1024)),
-            "idle_timeout": _idle_timeout(config),
-            "per_message_deflate": bool(getattr(config, "ws_per_message_deflate", False)),
-        },
-        None,
+        {},
+        WebSocketHandler(
+            pong=_pong,
+            max_payload_length=int(getattr(config, "ws_max_size", 16 * 1024 * 1024)),
+            # uvicorn's keepalive (WebSocketProtocol.keepalive) replaces the idle timeout.
+            idle_timeout=0, send_pings=False, backpressure_limit=0,
+            per_message_deflate=bool(getattr(config, "ws_per_message_deflate", False)),
+        ),
     )
     fetch = ASGIFetch(
         config.loaded_app, root_path=getattr(config, "root_path", "") or "", state=app_state,
@@ -131,6 +134,29 @@ class WebSocketProtocol(Connection):
         self.config = config
         self.server_state = server_state
         self.app_state = app_state
+        self.ping_timer: asyncio.TimerHandle | None = None  # uvicorn's keepalive (keepalive())
+        self.ping_sent_at = 0.0  # loop time of the Ping awaiting its Pong (0: none)
+
+    def keepalive(self) -> None:
+        """uvicorn's keepalive: a Ping every ``ws_ping_interval`` seconds once the
+        WebSocket is open; no Pong within ``ws_ping_timeout`` closes it with 1011."""
+        interval = self.config.ws_ping_interval
+        bridge = self.session.ws.data if self.session is not None else None
+        ws = bridge.ws if isinstance(bridge, WebSocketBridge) else None
+        loop = self.server.loop
+        if ws is not None and ws.ready_state == 1:
+            timeout = self.config.ws_ping_timeout
+            if self.ping_sent_at and timeout is not None and loop.time() - self.ping_sent_at >= timeout:
+                ws.close(1011, "keepalive ping timeout")
+                return
+            if not self.ping_sent_at:
+                self.ping_sent_at = loop.time()
+                ws.ping()
+            if timeout is not None and timeout < interval:
+                interval = timeout  # look again when the Pong is due
+        elif ws is not None or self.phase is Phase.CLOSED:
+            return  # closed: no more pings
+        self.ping_timer = loop.call_later(interval, self.keepalive)
 
     def connection_made(self, transport: Any) -> None:
         """uvicorn hands over the transport, then replays the upgrade request."""
@@ -138,10 +164,15 @@ class WebSocketProtocol(Connection):
         if not all(hasattr(transport, name) for name in TRANSPORT_METHODS):
             transport = PartialTransport(transport, self)
         super().connection_made(transport)
+        if self.config.ws_ping_interval:
+            self.ping_timer = self.server.loop.call_later(self.config.ws_ping_interval, self.keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The connection ended: uvicorn stops tracking it."""
         self.server_state.connections.discard(self)
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
         super().connection_lost(exc)
 
     def shutdown(self, close_active: bool = False) -> None:  # type: ignore[override]
