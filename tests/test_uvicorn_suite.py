@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -126,6 +128,70 @@ async def test_uvicorn_keepalive_pings_then_closes_1011_without_a_pong() -> None
             assert head[0] == 0x88
             payload = await reader.readexactly(head[1])
             assert payload == (1011).to_bytes(2, "big") + b"keepalive ping timeout"
+            writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+async def started_uvicorn(app: Any) -> tuple[uvicorn.Server, asyncio.Future[Any], int]:
+    port = free_port()
+    config = uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="critical")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    return server, task, port
+
+
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+@ASYNCIO_ONLY
+async def test_connection_lost_before_the_app_decides_reaches_the_app_as_disconnect_1006() -> None:
+    connected, told = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        connected.set()
+        told.set_result(await receive())
+
+    server, task, port = await started_uvicorn(app)
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(UPGRADE)
+            await connected.wait()
+            # A reset, not a FIN: a half-closed client may still be owed its answer.
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            assert await told == {"type": "websocket.disconnect", "code": 1006}
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@ASYNCIO_ONLY
+async def test_a_started_denial_is_answered_when_the_app_then_fails_and_a_missing_key_is_named() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 404, "headers": [(b"x-why", b"gone")]})
+        raise RuntimeError("the app fails after starting its denial")
+
+    server, task, port = await started_uvicorn(app)
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(UPGRADE)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404") and b"x-why: gone" in head
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""))
+            answer = await reader.read(1000)
+            assert answer.startswith(b"HTTP/1.1 400") and answer.endswith(b"Missing Sec-WebSocket-Key header")
             writer.close()
     finally:
         server.should_exit = True
