@@ -18,8 +18,8 @@ from typing import Any
 from .asgi import ASGIFetch
 from .asgi_websocket import WebSocketBridge, bridge_handler
 from .http import simple_response
-from .protocol import Connection, Phase
 from .options import WebSocketHandler
+from .protocol import Connection, Phase
 from .server import Server, serve
 
 __all__ = ["WebSocketProtocol"]
