@@ -24,6 +24,7 @@ from .asgi_http import ClientDisconnected, HTTPCycle
 from .errors import ClosedError, HandshakeError, InvalidArgument
 from .http import Request, Response, check_upgrade_request
 from .options import WebSocketHandler
+from .protocol import Phase
 
 if TYPE_CHECKING:
     from .server import Server
@@ -125,8 +126,17 @@ class WebSocketBridge:
     async def handshake(self, app: Any, scope: dict[str, Any]) -> Response | None:
         """Run the app as a task; return what the HTTP front answers (None: upgraded)."""
         task = self.server.create_task(self._run(app, scope))
+        conn = self.req.connection
         try:
-            return await self.decision
+            while not self.decision.done():
+                # A client that leaves before the app decides: the app's receive()
+                # gets websocket.disconnect (1006) instead of waiting for ever.
+                lost = conn.wait_writable()
+                await asyncio.wait((self.decision, lost), return_when=asyncio.FIRST_COMPLETED)
+                lost.cancel()
+                if conn.phase is Phase.CLOSED:
+                    self._decide(Response(None, 500))  # nobody reads it; the app learns of the loss
+            return self.decision.result()
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -140,19 +150,29 @@ class WebSocketBridge:
                 logger.debug("ASGI app raised after its WebSocket closed: %r", exc)
             else:
                 logger.error("ASGI app raised on a WebSocket %s", self.req.target, exc_info=exc)
-            self._decide(Response(None, 500))
+            self._decide(self._answer_after_error())
             if self.ws is not None and self.ws.ready_state == 1:
                 self.ws.close(1011, "Internal error")
             return
         if self.state == "connecting":
-            logger.error("ASGI app returned without accepting or closing %s", self.req.target)
-            self._decide(Response(None, 500))
+            if self.denial is None:
+                logger.error("ASGI app returned without accepting or closing %s", self.req.target)
+            self._decide(self._answer_after_error())
         elif self.ws is not None and self.ws.ready_state == 1:
             if result is not None:  # not an ASGI app: no orderly close for what it did
                 logger.error("ASGI app returned %r instead of None on %s", result, self.req.target)
                 self.ws.terminate()
             else:
                 self.close(1000)
+
+    def _answer_after_error(self) -> Response:
+        """What the client gets when the app fails before deciding: the denial it
+        started (its status and headers, the body so far), or a 500."""
+        if self.denial is not None:
+            status, headers = self.denial
+            if 100 <= status <= 599:
+                return Response(bytes(self.denial_body), status, headers)
+        return Response("Internal Server Error", 500)
 
     def _decide(self, answer: Response | None) -> None:
         if not self.decision.done():
@@ -272,7 +292,8 @@ class WebSocketBridge:
             self._decide(Response(None, 403))
         elif kind == "websocket.http.response.start":
             if self.denial is not None:
-                raise RuntimeError("websocket.http.response.start sent twice")
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.http.response.body' but got 'websocket.http.response.start'.")
             headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in message.get("headers", ())]
             self.denial = (message["status"], headers)
         elif kind == "websocket.http.response.body":
@@ -298,6 +319,8 @@ class WebSocketBridge:
 def handshake_problem(req: Request) -> Response | None:
     """The answer for an upgrade request that is not a valid WebSocket handshake
     (the app is not called for it), as the native front gives it."""
+    if not req.headers.get("sec-websocket-key", "").strip():
+        return Response("Missing Sec-WebSocket-Key header", 400)  # the commonest mistake, named
     try:
         check_upgrade_request(req)
     except HandshakeError as exc:

@@ -10,13 +10,16 @@ bunws engine (a :class:`~bunws.Server` that never listens; uvicorn accepts).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import weakref
 from typing import Any
 
 from .asgi import ASGIFetch
 from .asgi_websocket import WebSocketBridge, bridge_handler
-from .protocol import Connection
+from .http import simple_response
+from .options import WebSocketHandler
+from .protocol import Connection, Phase
 from .server import Server, serve
 
 __all__ = ["WebSocketProtocol"]
@@ -24,16 +27,33 @@ __all__ = ["WebSocketProtocol"]
 _engines: weakref.WeakKeyDictionary[Any, Server] = weakref.WeakKeyDictionary()
 
 
-def _idle_timeout(config: Any) -> int:
-    """uvicorn's ping interval + timeout as bunws's idle timeout (pings before it)."""
-    interval = getattr(config, "ws_ping_interval", None)
-    if not interval:
-        return 0
-    total = interval + (getattr(config, "ws_ping_timeout", None) or 0)
-    return min(max(int(total + 0.999), 8), 960)
+def _pong(ws: Any, data: Any) -> None:
+    """A Pong arrived: the keepalive of the connection behind ``ws`` is answered."""
+    bridge = ws.data
+    if isinstance(bridge, WebSocketBridge):
+        conn = bridge.req.connection
+        if isinstance(conn, WebSocketProtocol):
+            conn.ping_sent_at = 0.0
 
 
-def engine(config: Any, app_state: dict[str, Any], default_headers: list[tuple[bytes, bytes]]) -> Server:
+class Engine(Server):
+    """The bunws server behind one uvicorn ``Config``: its tasks (each upgrade's
+    ``fetch`` and app call) are in uvicorn's ``server_state.tasks`` from the moment
+    they exist, so uvicorn's shutdown waits for them as for its own."""
+
+    def __init__(self, tasks: set[asyncio.Task[Any]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uvicorn_tasks = tasks
+
+    def create_task(self, coro: Any) -> asyncio.Task[Any]:
+        """A task the server keeps, listed in uvicorn's ``server_state.tasks`` too."""
+        task = super().create_task(coro)
+        self.uvicorn_tasks.add(task)
+        task.add_done_callback(self.uvicorn_tasks.discard)
+        return task
+
+
+def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
     """The bunws engine serving ``config``'s app (made on first use, on the running loop)."""
     found = _engines.get(config)
     if found is not None:
@@ -43,22 +63,65 @@ def engine(config: Any, app_state: dict[str, Any], default_headers: list[tuple[b
         if p.default is not inspect.Parameter.empty and name not in ("websocket", "sock", "backplane")
     }
     handler = bridge_handler(
-        {
-            "max_payload_length": int(getattr(config, "ws_max_size", 16 * 1024 * 1024)),
-            "idle_timeout": _idle_timeout(config),
-            "per_message_deflate": bool(getattr(config, "ws_per_message_deflate", False)),
-        },
-        None,
+        {},
+        WebSocketHandler(
+            pong=_pong,
+            max_payload_length=int(getattr(config, "ws_max_size", 16 * 1024 * 1024)),
+            # uvicorn's keepalive (WebSocketProtocol.keepalive) replaces the idle timeout.
+            idle_timeout=0, send_pings=False, backpressure_limit=0,
+            per_message_deflate=bool(getattr(config, "ws_per_message_deflate", False)),
+        ),
     )
     fetch = ASGIFetch(
         config.loaded_app, root_path=getattr(config, "root_path", "") or "", state=app_state,
         # bunws writes its own Date in the 101; uvicorn's other defaults (Server) are kept.
-        accept_headers=[(k, v) for k, v in default_headers if bytes(k).lower() != b"date"],
+        accept_headers=[(k, v) for k, v in getattr(server_state, "default_headers", []) if bytes(k).lower() != b"date"],
     )
-    server = Server(fetch, handler, **defaults)
+    server = Engine(server_state.tasks, fetch, handler, **defaults)
     server.start_timers()
     _engines[config] = server
     return server
+
+
+class PartialTransport:
+    """A transport that has only the part of ``asyncio.Transport`` uvicorn's own
+    protocols use (``write``, ``close``, ``is_closing``, reading pauses,
+    ``get_extra_info``), completed for bunws: its write buffer is reported empty
+    (flow control then rests on ``pause_writing``/``resume_writing``), ``writelines``
+    writes the joined bytes, ``abort`` closes, there is no ``write_eof``."""
+
+    def __init__(self, transport: Any, protocol: Any) -> None:
+        self.transport = transport
+        self.protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def get_write_buffer_size(self) -> int:
+        """Unknown, so 0: the protocol's ``pause_writing`` says when it is full."""
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Nothing to set on such a transport."""
+
+    def writelines(self, chunks: Any) -> None:
+        """One ``write`` of the joined chunks."""
+        self.transport.write(b"".join(chunks))
+
+    def abort(self) -> None:
+        """``close`` (such a transport has no abort)."""
+        self.transport.close()
+
+    def can_write_eof(self) -> bool:
+        """No half-close on such a transport."""
+        return False
+
+    def get_protocol(self) -> Any:
+        """The protocol this transport feeds."""
+        return self.protocol
+
+
+TRANSPORT_METHODS = ("get_write_buffer_size", "set_write_buffer_limits", "writelines", "abort", "can_write_eof", "get_protocol")
 
 
 class WebSocketProtocol(Connection):
@@ -67,19 +130,49 @@ class WebSocketProtocol(Connection):
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         if not config.loaded:
             config.load()
-        super().__init__(engine(config, app_state, getattr(server_state, "default_headers", [])))
+        super().__init__(engine(config, server_state, app_state))
         self.config = config
         self.server_state = server_state
         self.app_state = app_state
+        self.ping_timer: asyncio.TimerHandle | None = None  # uvicorn's keepalive (keepalive())
+        self.ping_sent_at = 0.0  # loop time of the Ping awaiting its Pong (0: none)
+
+    def keepalive(self) -> None:
+        """uvicorn's keepalive: a Ping every ``ws_ping_interval`` seconds once the
+        WebSocket is open; no Pong within ``ws_ping_timeout`` closes it with 1011."""
+        interval = self.config.ws_ping_interval
+        bridge = self.session.ws.data if self.session is not None else None
+        ws = bridge.ws if isinstance(bridge, WebSocketBridge) else None
+        loop = self.server.loop
+        if ws is not None and ws.ready_state == 1:
+            timeout = self.config.ws_ping_timeout
+            if self.ping_sent_at and timeout is not None and loop.time() - self.ping_sent_at >= timeout:
+                ws.close(1011, "keepalive ping timeout")
+                return
+            if not self.ping_sent_at:
+                self.ping_sent_at = loop.time()
+                ws.ping()
+            if timeout is not None and timeout < interval:
+                interval = timeout  # look again when the Pong is due
+        elif ws is not None or self.phase is Phase.CLOSED:
+            return  # closed: no more pings
+        self.ping_timer = loop.call_later(interval, self.keepalive)
 
     def connection_made(self, transport: Any) -> None:
         """uvicorn hands over the transport, then replays the upgrade request."""
         self.server_state.connections.add(self)
+        if not all(hasattr(transport, name) for name in TRANSPORT_METHODS):
+            transport = PartialTransport(transport, self)
         super().connection_made(transport)
+        if self.config.ws_ping_interval:
+            self.ping_timer = self.server.loop.call_later(self.config.ws_ping_interval, self.keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The connection ended: uvicorn stops tracking it."""
         self.server_state.connections.discard(self)
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
         super().connection_lost(exc)
 
     def shutdown(self, close_active: bool = False) -> None:  # type: ignore[override]
@@ -88,5 +181,11 @@ class WebSocketProtocol(Connection):
         bridge = session.ws.data if session is not None else None
         if isinstance(bridge, WebSocketBridge):
             bridge.close(1012)
+            return
+        if self.phase is Phase.HTTP and self.transport is not None:
+            # The upgrade is still with the app: uvicorn closes such connections now
+            # (the app's receive() then gives websocket.disconnect 1006).
+            self.transport.write(simple_response(503))
+            self.transport.close()
             return
         super().shutdown(close_active)
