@@ -130,7 +130,7 @@ def fanout(loadgen: str, port: int, subs: int, size: int, window: int, duration:
     return run_loadgen(loadgen, args, timeout=duration + 60)
 
 
-async def _latency(port: int, samples: int, want_remote: bool) -> list[float] | None:
+async def measure_latency(port: int, samples: int, want_remote: bool) -> list[float] | None:
     from websockets.asyncio.client import connect
 
     async def conn(path: str):
@@ -189,7 +189,7 @@ def main() -> None:
     if a.quick:
         a.duration, a.samples, a.reps = 2.0, 300, 1
 
-    from _harness import build_c, machine_info, write_section
+    from _harness import build_c
     from redis_server import RedisServer, find_or_install
 
     loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"), libs=["-lz"])
@@ -217,9 +217,9 @@ def main() -> None:
                     srv.stop()
                 srv = Server(workers, redis.url if use_redis else None)
                 try:
-                    lat_local += asyncio.run(_latency(srv.port, a.samples // a.reps, False)) or []
+                    lat_local += asyncio.run(measure_latency(srv.port, a.samples // a.reps, False)) or []
                     if workers > 1:
-                        lat_remote += asyncio.run(_latency(srv.port, a.samples // a.reps, True)) or []
+                        lat_remote += asyncio.run(measure_latency(srv.port, a.samples // a.reps, True)) or []
                 finally:
                     srv.stop()
             rows.append((name, rates, lat_local, lat_remote))
@@ -244,16 +244,22 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if a.write:
-        info = machine_info()
-        cmd = "python bench/bench_backplane.py " + " ".join(x for x in sys.argv[1:] if not x.startswith("--write")).replace(a.write, "").strip()
-        section = (
-            "## Backplane (bench/bench_backplane.py)\n\n"
-            f"{info['date']} · `{cmd.strip()}` · {info['cpu']}, {info['cpus']} CPUs, load {info.get('load', '?')} · "
-            "uvloop, nothing pinned (2 workers, redis-server and the load generator share the 2 cores)\n\n"
-            + table + "\n"
-        )
-        write_section(a.write, "## Backplane (bench/bench_backplane.py)", section)
+        write_results(a.write, "Backplane", "bench/bench_backplane.py", "uvloop, nothing pinned (2 workers, redis-server and the load generator share the 2 cores)", table)
 
+
+
+def write_results(path: str, title: str, script: str, note: str, table: str) -> None:
+    """Replace this benchmark's section of the results file with ``table``."""
+    from _harness import machine_info, write_section
+
+    info = machine_info()
+    args = " ".join(x for x in sys.argv[1:] if not x.startswith("--write")).replace(path, "").strip()
+    heading = f"## {title} ({script})"
+    section = (
+        f"{heading}\n\n{info['date']} · `python {script} {args}` · {info['cpu']}, {info['cpus']} CPUs, "
+        f"load {info.get('load', '?')} · {note}\n\n{table}\n"
+    )
+    write_section(path, heading, section)
 
 if __name__ == "__main__":
     main()

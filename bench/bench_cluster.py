@@ -24,7 +24,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "tests"))
 
-from bench_backplane import Server, _latency, fanout, pct  # noqa: E402
+from bench_backplane import Server, fanout, measure_latency, pct, write_results  # noqa: E402
 
 
 def measure(loadgen: str, name: str, url: str, env: dict[str, str], a: argparse.Namespace) -> tuple:
@@ -38,7 +38,7 @@ def measure(loadgen: str, name: str, url: str, env: dict[str, str], a: argparse.
             if rate:
                 rates.append(float(rate))
             print(name, json.dumps(res)[:300], file=sys.stderr)
-            latency += asyncio.run(_latency(srv.port, a.samples // a.reps, True)) or []
+            latency += asyncio.run(measure_latency(srv.port, a.samples // a.reps, True)) or []
         finally:
             srv.stop()
     return name, rates, latency
@@ -58,7 +58,7 @@ def main() -> None:
     if a.quick:
         a.duration, a.samples, a.reps = 2.0, 300, 1
 
-    from _harness import build_c, machine_info, write_section
+    from _harness import build_c
     from redis_server import RedisCluster, RedisServer, find_or_install
 
     loadgen = build_c(os.path.join(BENCH, "loadgen.c"), os.path.join(BENCH, ".work", "loadgen"), libs=["-lz"])
@@ -98,15 +98,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if a.write:
-        info = machine_info()
-        cmd = "python bench/bench_cluster.py " + " ".join(x for x in sys.argv[1:] if not x.startswith("--write")).replace(a.write, "").strip()
-        section = (
-            "## Redis Cluster backplane (bench/bench_cluster.py)\n\n"
-            f"{info['date']} · `{cmd.strip()}` · {info['cpu']}, {info['cpus']} CPUs, load {info.get('load', '?')} · "
-            "uvloop, nothing pinned; the machine is shared with other jobs and noisy: compare ratios\n\n"
-            + table + "\n"
-        )
-        write_section(a.write, "## Redis Cluster backplane (bench/bench_cluster.py)", section)
+        write_results(a.write, "Redis Cluster backplane", "bench/bench_cluster.py", "uvloop, nothing pinned; the machine is shared with other jobs and noisy: compare ratios", table)
 
 
 if __name__ == "__main__":
