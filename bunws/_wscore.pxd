@@ -59,3 +59,21 @@ cdef class WebSocketCore:
     cpdef flush(self)
     cpdef check_thread(self)
     cpdef object binary(self, object payload)
+
+
+cdef class SessionCore:
+    # The hot fields of bunws.session.WebSocketSession (its base): read per read.
+    cdef public WebSocketCore ws          # the socket (write side)
+    cdef public object parser             # the FrameParser, None once reading is over
+    cdef public object receive_buffer     # the server's one receive buffer
+    cdef public object state              # a SessionState member
+    cdef public object backlog            # None, or the events held while paused
+    cdef public double last_inbound       # loop time of the last read (idle timeout)
+    cdef public double deadline           # close-handshake deadline (loop time)
+    cdef public bint ping_sent            # the idle ping is out, no read since
+    cdef public bint paused               # ws.pause(): reading stopped, events held
+    cdef public object message            # the message handler, resolved once
+    cdef public bint async_message        # ... and whether it is async
+    cdef object clock                     # None: the stock loop's clock, read in C
+
+    cpdef double now(self) except? -1.0

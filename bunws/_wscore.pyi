@@ -1,5 +1,6 @@
 """Type stubs for bunws._wscore: the compiled write side and dispatch of a WebSocket."""
 
+import enum
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -134,3 +135,44 @@ def fan_out(
     """Queue one published frame by reference on every receiver; returns Bun's publish status."""
 def flush_queued(pending: list[Any]) -> None:
     """End of tick: one write per receiver for everything published to it."""
+
+class SessionState(enum.IntEnum):
+    """Where the close handshake is (``ws.ready_state`` reports Bun's 1 or 3)."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+class SessionCore:
+    """The compiled read side of an upgraded connection (the base of
+    :class:`bunws.session.WebSocketSession`, which provides ``closing_data``)."""
+
+    ws: WebSocketCore
+    parser: Any
+    receive_buffer: Any
+    state: SessionState
+    backlog: list[Any] | None
+    last_inbound: float
+    deadline: float
+    ping_sent: bool
+    paused: bool
+    message: Callable[..., Any] | None
+    async_message: bool
+    def setup(
+        self,
+        ws: WebSocketCore,
+        parser: Any,
+        receive_buffer: Any,
+        clock: Callable[[], float],
+        message: Callable[..., Any] | None,
+        async_message: bool,
+    ) -> None:
+        """Wire the read path (once, by the session's constructor)."""
+    def now(self) -> float:
+        """The loop's clock (what the server's timer tick compares with)."""
+    def get_buffer(self, sizehint: int) -> Any:
+        """The server's one receive buffer."""
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the receive buffer."""
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer: parse the frames and dispatch them."""

@@ -9,7 +9,10 @@ websocket.py, pubsub.py).
   Bun's send statuses, control frames (the one-pending-pong rule), the Close frame,
   the cork, and the fill state of the transport;
 * ``dispatch()``: delivers parsed events to a session inside one cork;
-* ``fan_out()`` / ``flush_queued()``: frame-once publish and the end-of-tick write.
+* ``fan_out()`` / ``flush_queued()``: frame-once publish and the end-of-tick write;
+* ``SessionCore``: the read side of an upgraded connection as the transport's
+  protocol (``get_buffer``/``buffer_updated`` -> parser -> ``dispatch``), the base
+  of :class:`bunws.session.WebSocketSession`.
 
 The transport's fill level comes from ``pause_writing``/``resume_writing``
 (high-water mark 0) and is confirmed after every write by asking the transport
@@ -21,11 +24,23 @@ from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.unicode cimport PyUnicode_AsUTF8String
+from libc.time cimport time_t
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk_id, timespec *tp)
+    clockid_t CLOCK_MONOTONIC
 
 from bunws._frame cimport (
     append_server_frame, server_frame,
     TEXT, BINARY, CLOSE, PING, PONG, PROTOCOL_ERROR,
 )
+
+import asyncio
+import enum
 
 from bunws._frame import encode_close
 from bunws.errors import InvalidArgument, InvalidType, WrongThreadError
@@ -529,3 +544,80 @@ def flush_queued(list pending):
         ws.queued = False
         if ws.ready_state == 1 and not ws.corked:
             ws.flush()
+
+
+class SessionState(enum.IntEnum):
+    """Where the close handshake is (``ws.ready_state`` reports Bun's 1 or 3)."""
+
+    OPEN = 1  # frames flow both ways
+    CLOSING = 2  # our Close frame is out, or we answered the peer's: TCP ends next
+    CLOSED = 3  # the TCP connection is gone
+
+
+cdef object STATE_OPEN = SessionState.OPEN
+cdef object STOCK_TIME = asyncio.BaseEventLoop.time
+cdef object STATE_CLOSING = SessionState.CLOSING
+
+
+cdef inline double monotonic_now():
+    """``time.monotonic()`` (the stock loop's ``time()``) without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class SessionCore:
+    """The read side of one upgraded connection, compiled because every read of
+    every socket runs it (bench/RESULTS.md, "Compiled read path"): once the 101 is
+    out, the session is the transport's protocol, so a read goes
+    ``get_buffer`` -> ``recv_into`` -> ``buffer_updated`` -> parser -> ``dispatch``
+    with no Python frame before the ``message`` handler.
+
+    The rest of the session (closing, timers, flow control, handlers) is Python, in
+    :class:`bunws.session.WebSocketSession`, which subclasses this.
+    """
+
+    def setup(self, WebSocketCore ws, parser, receive_buffer, clock, message, bint async_message):
+        """Wire the read path (once, by the session's constructor). ``clock`` is
+        the loop's ``time``: the stock loop's is read in C, the same clock."""
+        self.ws = ws
+        self.parser = parser
+        self.receive_buffer = receive_buffer
+        self.state = STATE_OPEN
+        if getattr(clock, "__func__", None) is STOCK_TIME:
+            clock = None
+        self.clock = clock
+        self.message = message
+        self.async_message = async_message
+        self.last_inbound = self.now()
+
+    cpdef double now(self) except? -1.0:
+        """The loop's clock (what the server's timer tick compares with)."""
+        if self.clock is None:
+            return monotonic_now()
+        return self.clock()
+
+    def get_buffer(self, sizehint):
+        """The server's one receive buffer (every consumer copies what it keeps)."""
+        return self.receive_buffer
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """``nbytes`` arrived in the receive buffer."""
+        self.data_received(self.receive_buffer[:nbytes])
+
+    def data_received(self, data):
+        """Bytes from the peer: parse the frames and dispatch them (or hold them
+        while paused); after our Close, only the peer's Close matters."""
+        self.last_inbound = self.now()
+        self.ping_sent = False
+        state = self.state
+        if state is STATE_OPEN:
+            events = self.parser.feed_events(data)
+            if self.backlog is not None:
+                # Paused: keep parsing (bounded by the limits) but hold the events.
+                self.backlog += events
+                self.ws.counters.bytes_received += len(data)
+            else:
+                dispatch(self.ws, events, self, len(data))
+        elif state is STATE_CLOSING:
+            self.closing_data(data)  # the subclass's: after our Close

@@ -67,6 +67,10 @@ class Connection(asyncio.BufferedProtocol):
     the rest of the input waits (``_unparsed`` / ``_early_bytes``) and reading pauses.
     """
 
+    # After the upgrade the session becomes the transport's protocol (its compiled
+    # read path); an adapter that feeds the connection itself turns this off.
+    session_reads_directly = True
+
     # Slots: thousands of idle connections are the normal case (see the RSS per
     # connection figure in bench/RESULTS.md).
     __slots__ = (
@@ -786,6 +790,16 @@ class Connection(asyncio.BufferedProtocol):
             # An async fetch may go on awaiting after upgrade(): the frames that came
             # with the handshake still go first, right after this loop iteration.
             server.loop.call_soon(self._release_early_bytes)
+        else:
+            self._hand_reads_to(session)
+
+    def _hand_reads_to(self, session: WebSocketSession) -> None:
+        """From now on reads go straight to the session's compiled read path."""
+        if not self.session_reads_directly or self.phase is not WEBSOCKET:
+            return
+        set_protocol = getattr(self.transport, "set_protocol", None)
+        if set_protocol is not None and not self.transport.is_closing():
+            set_protocol(session)
 
     def _release_early_bytes(self) -> None:
         """Dispatch the frames that arrived with the handshake, before any read after."""
@@ -801,6 +815,8 @@ class Connection(asyncio.BufferedProtocol):
             session.data_received(held)
         if self._peer_eof and self.phase is WEBSOCKET:
             self.transport.close()  # the client had already shut down its side
+        else:
+            self._hand_reads_to(session)
 
     # ================================================================ timers
     def check_timers(self, now: float) -> None:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from . import fastnet
 from ._frame import FrameParser
 from .arguments import check_compress, check_port, check_topic, positive_int, positive_number
 from .errors import ClosedError, HandshakeError, InvalidArgument, InvalidType, WrongThreadError
@@ -68,6 +69,7 @@ class Server:
         max_connections: int | None,
         max_pending_handshakes: int,
         allowed_origins: Iterable[str] | str | None,
+        fast_transport: bool | None = None,
     ) -> None:
         if not callable(fetch):
             raise InvalidType("fetch must be callable")
@@ -101,6 +103,7 @@ class Server:
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
         self.allowed_origins = _origins(allowed_origins)
+        self.fast_transport = fastnet.resolve(fast_transport, tls=ssl is not None)
         self._ping_margin = ping_margin(self._websocket.idle_timeout)
         self._connections: set[Connection] = set()
         self._http_connections = 0
@@ -132,10 +135,11 @@ class Server:
         # TLS is not handed to create_server: each Connection starts it after the
         # accept, so a handshake in progress counts against max_pending_handshakes.
         kwargs: dict[str, Any] = dict(backlog=self.backlog)
+        create_server = fastnet.create_server(loop, self.fast_transport)
         if sock is not None:
-            self._aio_server = await loop.create_server(lambda: Connection(self), sock=sock, **kwargs)
+            self._aio_server = await create_server(lambda: Connection(self), sock=sock, **kwargs)
         else:
-            self._aio_server = await loop.create_server(
+            self._aio_server = await create_server(
                 lambda: Connection(self),
                 self.hostname,
                 self._requested_port,
@@ -575,11 +579,14 @@ async def serve(
     allowed_origins: Iterable[str] | str | None = None,
     sock: socket.socket | None = None,
     backplane: Any = None,
+    fast_transport: bool | None = None,
 ) -> Server:
     """Start a server on the running loop and return it (``Bun.serve``).
 
     ``fetch(req, server)`` answers HTTP requests (sync or async) and may call
     ``server.upgrade(req)``; ``websocket`` holds the WebSocket handlers and options.
+    ``fast_transport``: aiofastnet's compiled transport when installed (``None``),
+    required (``True``) or never (``False``); see :mod:`bunws.fastnet`.
     """
     server = Server(
         fetch,
@@ -597,6 +604,7 @@ async def serve(
         max_connections=max_connections,
         max_pending_handshakes=max_pending_handshakes,
         allowed_origins=allowed_origins,
+        fast_transport=fast_transport,
     )
     await server.listen(sock)
     if backplane is not None:

@@ -10,18 +10,16 @@ The HTTP life before it is :class:`bunws.protocol.Connection`'s.
 
 from __future__ import annotations
 
-import enum
+import asyncio
 import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._frame import FrameParser, Opcode
-from ._wscore import dispatch
+from ._wscore import SessionCore, SessionState, dispatch
 from .websocket import ServerWebSocket
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .protocol import Connection
     from .server import Server
 
@@ -33,22 +31,16 @@ _TIMEOUT_REASON = "WebSocket timed out from inactivity"
 _CLOSE = int(Opcode.CLOSE)
 
 
-class SessionState(enum.IntEnum):
-    """Where the close handshake is (``ws.ready_state`` reports Bun's 1 or 3)."""
+class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
+    """One upgraded connection: the read side, the handlers and the timers.
 
-    OPEN = 1  # frames flow both ways
-    CLOSING = 2  # our Close frame is out, or we answered the peer's: TCP ends next
-    CLOSED = 3  # the TCP connection is gone
+    Once the 101 and the frames that came with the handshake are through, the
+    session is its transport's protocol: reads go straight to the compiled
+    :class:`~bunws._wscore.SessionCore` (``get_buffer``/``buffer_updated``); the
+    rarer transport callbacks go on to the :class:`~bunws.protocol.Connection`.
+    """
 
-
-class WebSocketSession:
-    """One upgraded connection: the read side, the handlers and the timers."""
-
-    __slots__ = (
-        "ws", "conn", "transport", "server", "handler", "parser", "state", "paused",
-        "backlog", "last_inbound", "ping_sent", "deadline", "message", "async_message",
-        "__weakref__",
-    )
+    __slots__ = ("conn", "transport", "server", "handler", "__weakref__")
 
     def __init__(
         self,
@@ -68,16 +60,6 @@ class WebSocketSession:
         self.transport = transport
         self.server = server
         self.handler = handler
-        self.parser: FrameParser | None = parser
-        self.state = SessionState.OPEN
-        self.paused = False  # ws.pause(): reading stopped, events held in backlog
-        self.backlog: list[Any] | None = None
-        self.last_inbound = server.clock()
-        self.ping_sent = False
-        self.deadline = 0.0  # close-handshake deadline (loop time)
-        # What dispatch() reads per batch, resolved once.
-        self.message = handler.message
-        self.async_message = "message" in handler.async_handlers
         ws = ServerWebSocket(
             self, server.pubsub, data, conn.remote_address,
             subprotocol=subprotocol, extensions=extensions,
@@ -88,7 +70,11 @@ class WebSocketSession:
             handler.close_on_backpressure_limit, partial(self.abort, 1006, ""),
             deflater, shared_deflate, server.counters,
         )
-        self.ws = ws
+        # What dispatch() reads per batch is resolved once.
+        self.setup(
+            ws, parser, server.receive_buffer, server.clock,
+            handler.message, "message" in handler.async_handlers,
+        )
 
     def opened(self) -> None:
         """After the 101 is written: ``open`` runs corked (one write for its sends)."""
@@ -98,23 +84,26 @@ class WebSocketSession:
             self.ws.run_corked(self.call, "open", opener, self.ws)
 
     # ================================================================ read side
-    def data_received(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the peer: parse the frames and dispatch them."""
-        self.last_inbound = self.server.clock()
-        self.ping_sent = False
-        state = self.state
-        if state is SessionState.OPEN:
-            events = self.parser.feed_events(data)  # type: ignore[union-attr]
-            if self.backlog is not None:
-                # Paused: keep parsing (bounded by the limits) but hold the events.
-                self.backlog += events
-                self.ws.counters.bytes_received += len(data)
-            else:
-                dispatch(self.ws, events, self, len(data))
-        elif state is SessionState.CLOSING:
-            self._closing_data(data)
+    # data_received / get_buffer / buffer_updated: compiled in SessionCore.
 
-    def _closing_data(self, data: bytes | bytearray | memoryview) -> None:
+    # The transport's other callbacks, once the session is its protocol: the
+    # connection still owns the connection's life.
+    def eof_received(self) -> bool | None:
+        """The peer half-closed (the connection decides)."""
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        """The transport is full (the connection tells the session back)."""
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        """The transport drained (the connection wakes its waiters, then the session)."""
+        self.conn.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The TCP connection is gone."""
+        self.conn.connection_lost(exc)
+    def closing_data(self, data: bytes | bytearray | memoryview) -> None:
         """After our Close: ignore data frames, end TCP on the peer's Close."""
         self.ws.counters.bytes_received += len(data)
         parser = self.parser

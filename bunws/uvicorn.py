@@ -127,6 +127,9 @@ TRANSPORT_METHODS = ("get_write_buffer_size", "set_write_buffer_limits", "writel
 class WebSocketProtocol(Connection):
     """uvicorn's WebSocket protocol interface on a bunws connection."""
 
+    # uvicorn (and its test-suite) hands every read to this protocol object.
+    session_reads_directly = False
+
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         if not config.loaded:
             config.load()

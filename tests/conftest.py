@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bunws  # noqa: E402
+import bunws.fastnet  # noqa: E402
 
 LOOPS = ["asyncio"]
 try:
@@ -35,6 +36,20 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
         factories["uvloop"] = uvloop.new_event_loop
     return factories
+
+
+# The listening transport: aiofastnet's (the default when installed, as it is for the
+# test extra) and asyncio's own. Modules that exercise the transport directly opt in
+# with ``pytestmark = pytest.mark.usefixtures("both_transports")``.
+TRANSPORTS = ["fastnet", "asyncio-transport"] if bunws.fastnet.fast_transport_available() else ["asyncio-transport"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each listening transport (``serve``'s default picks it)."""
+    if request.param == "asyncio-transport":
+        monkeypatch.setattr(bunws.fastnet, "fast_transport_available", lambda: False)
+    return request.param
 
 
 def upgrade_everything(req: bunws.Request, server: bunws.Server) -> Any:

@@ -15,11 +15,14 @@ import socket
 import struct
 from typing import Any
 
+import pytest
 import wire
 from conftest import eventually, running
 from rawclient import RawClient
 
 import bunws
+
+pytestmark = pytest.mark.usefixtures("both_transports")
 
 MSG = 64 * 1024
 LIMIT = 1024 * 1024

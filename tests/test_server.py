@@ -35,6 +35,8 @@ import bunws
 import bunws.server
 from bunws import InvalidArgument, InvalidType
 
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 SHUTDOWN = ("close", 1001, "Server shutting down")
 
 
