@@ -58,8 +58,8 @@ HTTP_CONNS, HTTP_THREADS = 64, 1  # wrk -t1 -c64 on GET /, every server answers 
 OVERHEAD_S = {"echo": 0.5, "latency": 0.5, "fanout": 0.6, "deflate": 0.5, "http": 0.4}
 OVERHEAD_PER_CONN_S = 0.0002     # opening and tearing down one connection (fan-out subscribers)
 START_S = 1.0                    # starting one server (per scenario and repetition)
-CONNS_RUN_S = 1.5                # conns: a fresh server's start, settle and stop, plus per connection:
-CONNS_PER_CONN_S = 0.0002
+CONNS_RUN_S = 1.5                # conns: a fresh server's start, settle and stop ...
+CONNS_PER_CONN_S = 0.0002        # ... plus opening and holding each idle connection
 CORE_S = {True: 30, False: 150}  # bench_core.py --quick / full
 
 
@@ -433,7 +433,7 @@ class Runner:
                     s.stop()
 
     def wrk_run(self, server, name):
-        """Check the server's plain answer once, warm it up, then measure with wrk."""
+        """Check the server's answer to GET /, warm it up with wrk, then measure with wrk."""
         try:
             status, _, body, keeps_alive = H.http_get(server.port)
         except (OSError, ValueError) as e:
