@@ -8,6 +8,8 @@ Everything here is plumbing for bench/run.py:
   /proc, stops it (process group).
 - ``build_loadgen`` / ``run_loadgen``: compile bench/loadgen.c with the system ``cc -O2``
   and run it pinned to the client CPU with a raised RLIMIT_NOFILE; parse its JSON line.
+- ``run_wrk`` / ``parse_wrk``: plain HTTP load with wrk pinned to the client CPU;
+  ``http_get``: one GET to check a server's plain answer.
 - ``Stats`` + ``markdown tables``: medians per (config, target), ratios to Bun and to the
   best Python peer measured in the same run.
 
@@ -16,6 +18,7 @@ Only 127.0.0.1 is ever contacted; every wait is bounded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import random
@@ -456,6 +459,102 @@ def run_conns(loadgen, server: ServerProc, n, concurrency, timeout):
     return res
 
 
+# --------------------------------------------------------------------------- plain HTTP (wrk)
+
+def have_wrk():
+    return shutil.which("wrk") is not None
+
+
+def parse_wrk(output):
+    """wrk's summary as numbers: requests_per_s, requests, non_2xx (non-2xx/3xx responses),
+    socket_errors (connect/read/write/timeout counts), latency_avg_us; "error" if wrk printed
+    no rate."""
+    res = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not m:
+        return {"error": f"no rate in wrk's output: {output.strip()[-300:]}"}
+    res["requests_per_s"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in", output)
+    if m:
+        res["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
+                                    map(int, m.groups()))) if m else {}
+    m = re.search(r"Latency\s+([\d.]+)(us|ms|s)\b", output)
+    if m:
+        res["latency_avg_us"] = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+    return res
+
+
+def run_wrk(port, duration, connections=64, threads=1, path="/", server=None):
+    """Run wrk pinned to the client CPU against http://127.0.0.1:port/path; returns
+    parse_wrk()'s dict plus client_cpu (wrk's CPU share) and, with server given, server_cpu.
+    wrk takes whole seconds: duration is rounded up (at least 1 s)."""
+    secs = max(1, math.ceil(duration - 1e-9))
+    cmd = pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{secs}s",
+                  f"http://{HOST}:{port}{path}"], CLIENT_CPU)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c0 = server.cpu() if server is not None else None
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
+    except subprocess.TimeoutExpired:
+        return {"error": f"wrk did not finish within {secs + 30} s"}
+    wall = max(time.monotonic() - t0, 1e-6)
+    c1 = server.cpu() if server is not None else None
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = parse_wrk(r.stdout)
+    if r.returncode != 0 and "error" not in res:
+        res["error"] = f"wrk exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}"
+    # the only child reaped during this window is wrk (servers are reaped when stopped)
+    res["client_cpu"] = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall
+    if c0 is not None and c1 is not None:
+        res["server_cpu"] = (c1 - c0) / TICK / wall
+    return res
+
+
+def http_get(port, path="/", timeout=2.0):
+    """One plain GET on a fresh connection: (status, lower-cased headers, body, keeps_alive).
+    keeps_alive is False when the server announced ``Connection: close`` or closed the
+    connection right after the response. Raises OSError/ValueError on a broken answer."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
+        buf, closed = b"", False
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in buf:
+            if time.monotonic() > deadline or len(buf) > 65536:
+                raise ValueError("no complete response head")
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ValueError(f"connection closed before the response head ({buf[:80]!r})")
+            buf += chunk
+        head, body = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            want = int(headers["content-length"])
+            while len(body) < want:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ValueError("connection closed inside the body")
+                body += chunk
+        else:  # no length: the body runs to the end of the connection
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            closed = True
+        keeps_alive = not closed and headers.get("connection", "").lower() != "close"
+        return status, headers, body, keeps_alive
+
+
 # --------------------------------------------------------------------------- statistics & tables
 
 class Stats:
@@ -511,6 +610,17 @@ def fmt_ratio(r):
     return f"{r:.2f}×" if r < 10 else f"{r:.1f}×"
 
 
+def cell(stats: Stats, scenario, config, target, metric, unit=""):
+    """One table cell: the median, `~` if noisy, `†` if the run has notes."""
+    text = fmt_num(stats.median(scenario, config, target, metric), unit)
+    sp = stats.spread(scenario, config, target, metric)
+    if sp is not None and sp > 0.25:
+        text += " ~"  # noisy: (max - min) / median > 25 %
+    if stats.notes.get((scenario, config, target)):
+        text += " †"
+    return text
+
+
 def table(stats: Stats, scenario, configs, targets, metric, unit="", higher_better=True, title=""):
     """Markdown: one row per config; each target's median, then ratios per target."""
     names = [t for t in targets if any(stats.median(scenario, c, t, metric) is not None for c in configs)]
@@ -525,14 +635,7 @@ def table(stats: Stats, scenario, configs, targets, metric, unit="", higher_bett
     for c in configs:
         row = [c]
         for t in names:
-            m = stats.median(scenario, c, t, metric)
-            cell = fmt_num(m, unit)
-            sp = stats.spread(scenario, c, t, metric)
-            if sp is not None and sp > 0.25:
-                cell += " ~"  # noisy: (max - min) / median > 25 %
-            if stats.notes.get((scenario, c, t)):
-                cell += " †"
-            row.append(cell)
+            row.append(cell(stats, scenario, c, t, metric, unit))
         peers = [(stats.median(scenario, c, p, metric), p) for p in PY_PEERS]
         peers = [(v, p) for v, p in peers if v is not None]
         if peers:

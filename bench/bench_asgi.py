@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -75,12 +73,10 @@ class Proc:
 
 
 def run_wrk(port: int, duration: float) -> float:
-    out = subprocess.run(h.pinned(["wrk", "-t1", "-c64", f"-d{int(duration)}s", f"http://127.0.0.1:{port}/"], h.CLIENT_CPU),
-                         capture_output=True, text=True, timeout=duration + 30).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match or "Non-2xx" in out or "errors" in out.lower() and "Socket errors" in out:
-        raise RuntimeError(f"wrk: {out[-300:]}")
-    return float(match.group(1))
+    res = h.run_wrk(port, duration, connections=64, threads=1)
+    if "error" in res or res["non_2xx"] or any(res["socket_errors"].values()):
+        raise RuntimeError(f"wrk: {res.get('error') or res}")
+    return res["requests_per_s"]
 
 
 def run_echo(loadgen: str, port: int, duration: float) -> float:
@@ -104,7 +100,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if not h.have_wrk():
         sys.exit("wrk is needed for the http scenario (apt-get install wrk)")
     loadgen = h.build_c(os.path.join(h.BENCH, "loadgen.c"), os.path.join(h.WORK, "loadgen"), libs=["-lz"])
     results: dict[tuple[str, str], list[float]] = {}

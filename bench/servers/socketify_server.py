@@ -2,7 +2,8 @@
 
 uWebSockets under Python (cffi). 127.0.0.1:$PORT; /echo echoes with the same opcode,
 /sub subscribes to "t", /pub republishes with app.publish (uWS's C++ fan-out).
-GET / -> 200. DEFLATE=1 enables a shared compressor; MAX_PAYLOAD sets max_payload_length.
+GET / -> 200 "ok" with Bun's Content-Type. DEFLATE=1 enables a shared compressor;
+MAX_PAYLOAD sets max_payload_length.
 No idle timeout, no automatic pings; max_backpressure stays at socketify's default
 (64 KiB): subscribers over it lose messages, which is socketify's behaviour as shipped.
 """
@@ -35,10 +36,16 @@ def pub_message(ws, message, opcode):
     app.publish("t", message, opcode, DEFLATE)
 
 
+def index(res, req):
+    # the same answer as Bun's new Response("ok"): 200, text/plain;charset=utf-8, body "ok"
+    res.write_header("Content-Type", "text/plain;charset=utf-8")
+    res.end("ok")
+
+
 app.ws("/echo", dict(COMMON, message=echo_message))
 app.ws("/sub", dict(COMMON, open=sub_open))
 app.ws("/pub", dict(COMMON, message=pub_message))
-app.get("/", lambda res, req: res.end("ok"))
+app.get("/", index)
 app.listen(AppListenOptions(port=PORT, host="127.0.0.1"),
            lambda config: print(f"socketify listening on 127.0.0.1:{PORT}", flush=True))
 app.run()

@@ -35,7 +35,7 @@ async def handler(ws):
 
 def process_request(connection, request):
     if request.headers.get("Upgrade", "").lower() != "websocket":
-        return connection.respond(http.HTTPStatus.OK, "ok\n")
+        return connection.respond(http.HTTPStatus.OK, "ok")
     return None
 
 
