@@ -82,38 +82,45 @@ def keeps_alive(req: Request) -> bool:
 
 def encode_head(status: int, headers: Any, *, close: bool, chunked: bool, length: int | None) -> bytes:
     """A response head from the app's ``status`` and ``headers`` (bytes pairs)."""
-    block, flags = header_block(headers)
+    start, flags = head_start(status, headers)
     if length is not None and flags & HAS_LENGTH:
         block, flags = _encode_headers(tuple(headers), drop_length=True)
-    return _status_line(status) + block + _framing(flags, close=close, chunked=chunked, length=length)
+        start = _status_line(status) + block
+    return start + _framing(flags, close=close, chunked=chunked, length=length)
 
 
-# Header blocks already validated and encoded, by the app's (name, value) pairs: an
-# app answers with the same few header lists again and again (cProfile: the per
-# header checks were a tenth of an ASGI request). Bounded in entries and size.
-_BLOCKS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
-_BLOCKS_MAX = 256
-_BLOCK_CACHED_SIZE = 1024  # bytes; longer blocks are encoded each time
+# Head starts (status line and the app's headers) already validated and encoded, by
+# status and (name, value) pairs: an app answers with the same few again and again
+# (cProfile: the per-header checks were a tenth of an ASGI request). Bounded in
+# entries and in size.
+_HEAD_STARTS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+_HEAD_STARTS_MAX = 256
+_HEAD_START_CACHED_SIZE = 1024  # bytes; longer ones are encoded each time
 HAS_DATE, HAS_LENGTH = 1, 2
 _STATUS_LINES: dict[int, bytes] = {}
 _date_line: list[Any] = ["", b""]  # http_date()'s value and its encoded header line
 
 
-def header_block(headers: Any) -> tuple[bytes, int]:
-    """The app's headers checked (RFC 9110 token names, no CR/LF/NUL in values) and
-    encoded, without Connection and Transfer-Encoding (the server frames the body),
-    and flags: ``HAS_DATE``, ``HAS_LENGTH`` (the app gave ``Content-Length``)."""
-    pairs = tuple(headers)
-    try:
-        found = _BLOCKS.get(pairs)
-    except TypeError:  # unhashable pairs (lists, bytearrays): encoded each time
-        return _encode_headers(pairs, drop_length=False)
+def head_start(status: int, headers: Any) -> tuple[bytes, int]:
+    """The status line and the app's headers, checked (RFC 9110 token names, no
+    CR/LF/NUL in values) and encoded without Connection and Transfer-Encoding (the
+    server frames the body); and flags: ``HAS_DATE``, ``HAS_LENGTH`` (the app gave
+    ``Content-Length``)."""
+    key = (status, *headers)
+    cacheable = type(status) is int
+    found = None
+    if cacheable:
+        try:
+            found = _HEAD_STARTS.get(key)
+        except TypeError:  # unhashable pairs (lists, bytearrays): encoded each time
+            cacheable = False
     if found is None:
-        found = _encode_headers(pairs, drop_length=False)
-        if len(found[0]) <= _BLOCK_CACHED_SIZE:
-            if len(_BLOCKS) >= _BLOCKS_MAX:
-                _BLOCKS.clear()
-            _BLOCKS[pairs] = found
+        block, flags = _encode_headers(key[1:], drop_length=False)
+        found = (_status_line(status) + block, flags)
+        if cacheable and len(found[0]) <= _HEAD_START_CACHED_SIZE:
+            if len(_HEAD_STARTS) >= _HEAD_STARTS_MAX:
+                _HEAD_STARTS.clear()
+            _HEAD_STARTS[key] = found
     return found
 
 
@@ -326,7 +333,7 @@ class HTTPCycle:
             await self._drain()
 
     def _head(self, body: bytes, more: bool, bodiless: bool) -> bytes:
-        block, flags = header_block(self.headers)
+        start, flags = head_start(self.status, self.headers)
         self.length_given = length_given = bool(flags & HAS_LENGTH)
         close = self.close
         if bodiless and not self.head_only:
@@ -341,7 +348,7 @@ class HTTPCycle:
         else:
             self.chunked = True
             tail = _framing(flags, close=close, chunked=True, length=None)
-        return _status_line(self.status) + block + tail
+        return start + tail
 
     def _frame(self, body: bytes) -> bytes:
         if not self.chunked:
