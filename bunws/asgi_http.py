@@ -82,8 +82,8 @@ def keeps_alive(req: Request) -> bool:
 
 def encode_head(status: int, headers: Any, *, close: bool, chunked: bool, length: int | None) -> bytes:
     """A response head from the app's ``status`` and ``headers`` (bytes pairs)."""
-    start, flags = head_start(status, headers)
-    if length is not None and flags & HAS_LENGTH:
+    start, flags = _head_start(status, headers)
+    if length is not None and flags & _HAS_LENGTH:
         block, flags = _encode_headers(tuple(headers), drop_length=True)
         start = _status_line(status) + block
     return start + _framing(flags, close=close, chunked=chunked, length=length)
@@ -96,15 +96,15 @@ def encode_head(status: int, headers: Any, *, close: bool, chunked: bool, length
 _HEAD_STARTS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
 _HEAD_STARTS_MAX = 256
 _HEAD_START_CACHED_SIZE = 1024  # bytes; longer ones are encoded each time
-HAS_DATE, HAS_LENGTH = 1, 2
+_HAS_DATE, _HAS_LENGTH = 1, 2
 _STATUS_LINES: dict[int, bytes] = {}
 _date_line: list[Any] = ["", b""]  # http_date()'s value and its encoded header line
 
 
-def head_start(status: int, headers: Any) -> tuple[bytes, int]:
+def _head_start(status: int, headers: Any) -> tuple[bytes, int]:
     """The status line and the app's headers, checked (RFC 9110 token names, no
     CR/LF/NUL in values) and encoded without Connection and Transfer-Encoding (the
-    server frames the body); and flags: ``HAS_DATE``, ``HAS_LENGTH`` (the app gave
+    server frames the body); and flags: ``_HAS_DATE``, ``_HAS_LENGTH`` (the app gave
     ``Content-Length``)."""
     key = (status, *headers)
     cacheable = type(status) is int
@@ -137,9 +137,9 @@ def _encode_headers(pairs: tuple[Any, ...], *, drop_length: bool) -> tuple[bytes
         if lower == b"content-length":
             if drop_length:
                 continue
-            flags |= HAS_LENGTH
+            flags |= _HAS_LENGTH
         elif lower == b"date":
-            flags |= HAS_DATE
+            flags |= _HAS_DATE
         parts.append(name + b": " + value + b"\r\n")
     return b"".join(parts), flags
 
@@ -156,7 +156,7 @@ def _status_line(status: Any) -> bytes:
 def _framing(flags: int, *, close: bool, chunked: bool, length: int | None) -> bytes:
     """The end of a head: Date (unless the app gave one), Connection, the framing."""
     tail = b""
-    if not flags & HAS_DATE:
+    if not flags & _HAS_DATE:
         date = http_date()
         if date is not _date_line[0]:
             _date_line[:] = [date, b"Date: " + date.encode() + b"\r\n"]
@@ -181,8 +181,8 @@ class HTTPCycle:
 
     def __init__(self, req: Request, body: bytes, write_timeout: float) -> None:
         self.req = req
-        self.conn = req.connection
-        self.transport = self.conn.transport
+        self.conn = conn = req.connection
+        self.transport = conn.transport
         self.body = body
         self.offset = 0
         # An Upgrade request the app answers ends the connection (what followed it
@@ -190,7 +190,7 @@ class HTTPCycle:
         headers = req.headers
         self.close = (
             ("connection" in headers or req.http_version == "1.0") and not keeps_alive(req)
-        ) or self.conn.server.stopping or "upgrade" in headers
+        ) or conn.server.stopping or "upgrade" in headers
         self.head_only = req.method == "HEAD"
         self.status = 0
         self.headers: Any = ()
@@ -333,8 +333,8 @@ class HTTPCycle:
             await self._drain()
 
     def _head(self, body: bytes, more: bool, bodiless: bool) -> bytes:
-        start, flags = head_start(self.status, self.headers)
-        self.length_given = length_given = bool(flags & HAS_LENGTH)
+        start, flags = _head_start(self.status, self.headers)
+        self.length_given = length_given = bool(flags & _HAS_LENGTH)
         close = self.close
         if bodiless and not self.head_only:
             tail = _framing(flags, close=close, chunked=False, length=None)
