@@ -47,9 +47,29 @@ class ClientDisconnected(WebSocketError, OSError):
     """``send`` on a connection that is gone (ASGI 2.4 asks for an ``OSError``)."""
 
 
+# Request header lines already converted for ASGI, by their (name, value) str pair:
+# clients repeat the same few (Host, User-Agent, Accept ...) on every request.
+# Bounded in entries and in the length of what is kept.
+_ASGI_PAIRS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_ASGI_PAIRS_MAX = 512
+_ASGI_PAIR_CACHED_SIZE = 256
+
+
 def asgi_headers(req: Request) -> list[tuple[bytes, bytes]]:
     """The request's headers as ASGI wants them: lower-cased names, bytes."""
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in req.headers.raw()]
+    cache = _ASGI_PAIRS
+    result = []
+    for pair in req.headers.raw():
+        converted = cache.get(pair)
+        if converted is None:
+            name, value = pair
+            converted = (name.lower().encode("latin-1"), value.encode("latin-1"))
+            if len(name) + len(value) <= _ASGI_PAIR_CACHED_SIZE:
+                if len(cache) >= _ASGI_PAIRS_MAX:
+                    cache.clear()
+                cache[pair] = converted
+        result.append(converted)
+    return result
 
 
 def keeps_alive(req: Request) -> bool:
@@ -62,29 +82,92 @@ def keeps_alive(req: Request) -> bool:
 
 def encode_head(status: int, headers: Any, *, close: bool, chunked: bool, length: int | None) -> bytes:
     """A response head from the app's ``status`` and ``headers`` (bytes pairs)."""
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
-        raise ValueError(f"ASGI response status must be an int in 100..999, got {status!r}")
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode())]
-    has_date = False
-    for name, value in headers:
+    start, flags = _head_start(status, headers)
+    if length is not None and flags & _HAS_LENGTH:
+        block, flags = _encode_headers(tuple(headers), drop_length=True)
+        start = _status_line(status) + block
+    return start + _framing(flags, close=close, chunked=chunked, length=length)
+
+
+# Head starts (status line and the app's headers) already validated and encoded, by
+# status and (name, value) pairs: an app answers with the same few again and again
+# (cProfile: the per-header checks were a tenth of an ASGI request). Bounded in
+# entries and in size.
+_HEAD_STARTS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+_HEAD_STARTS_MAX = 256
+_HEAD_START_CACHED_SIZE = 1024  # bytes; longer ones are encoded each time
+_HAS_DATE, _HAS_LENGTH = 1, 2
+_STATUS_LINES: dict[int, bytes] = {}
+_date_line: list[Any] = ["", b""]  # http_date()'s value and its encoded header line
+
+
+def _head_start(status: int, headers: Any) -> tuple[bytes, int]:
+    """The status line and the app's headers, checked (RFC 9110 token names, no
+    CR/LF/NUL in values) and encoded without Connection and Transfer-Encoding (the
+    server frames the body); and flags: ``_HAS_DATE``, ``_HAS_LENGTH`` (the app gave
+    ``Content-Length``)."""
+    key = (status, *headers)
+    cacheable = type(status) is int
+    found = None
+    if cacheable:
+        try:
+            found = _HEAD_STARTS.get(key)
+        except TypeError:  # unhashable pairs (lists, bytearrays): encoded each time
+            cacheable = False
+    if found is None:
+        block, flags = _encode_headers(key[1:], drop_length=False)
+        found = (_status_line(status) + block, flags)
+        if cacheable and len(found[0]) <= _HEAD_START_CACHED_SIZE:
+            if len(_HEAD_STARTS) >= _HEAD_STARTS_MAX:
+                _HEAD_STARTS.clear()
+            _HEAD_STARTS[key] = found
+    return found
+
+
+def _encode_headers(pairs: tuple[Any, ...], *, drop_length: bool) -> tuple[bytes, int]:
+    parts = []
+    flags = 0
+    for name, value in pairs:
         name, value = bytes(name), bytes(value)
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"invalid response header {name!r}: {value!r}")
         lower = name.lower()
-        if lower in (b"connection", b"transfer-encoding") or (lower == b"content-length" and length is not None):
+        if lower in (b"connection", b"transfer-encoding"):
             continue  # the server frames the body and decides about the connection
-        has_date = has_date or lower == b"date"
+        if lower == b"content-length":
+            if drop_length:
+                continue
+            flags |= _HAS_LENGTH
+        elif lower == b"date":
+            flags |= _HAS_DATE
         parts.append(name + b": " + value + b"\r\n")
-    if not has_date:
-        parts.append(b"Date: " + http_date().encode() + b"\r\n")
+    return b"".join(parts), flags
+
+
+def _status_line(status: Any) -> bytes:
+    line = _STATUS_LINES.get(status) if type(status) is int else None
+    if line is None:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
+            raise ValueError(f"ASGI response status must be an int in 100..999, got {status!r}")
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode())
+    return line
+
+
+def _framing(flags: int, *, close: bool, chunked: bool, length: int | None) -> bytes:
+    """The end of a head: Date (unless the app gave one), Connection, the framing."""
+    tail = b""
+    if not flags & _HAS_DATE:
+        date = http_date()
+        if date is not _date_line[0]:
+            _date_line[:] = [date, b"Date: " + date.encode() + b"\r\n"]
+        tail = _date_line[1]
     if close:
-        parts.append(b"Connection: close\r\n")
+        tail += b"Connection: close\r\n"
     if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif length is not None:
-        parts.append(b"Content-Length: %d\r\n" % length)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        return tail + b"Transfer-Encoding: chunked\r\n\r\n"
+    if length is not None:
+        return tail + b"Content-Length: %d\r\n\r\n" % length
+    return tail + b"\r\n"
 
 
 class HTTPCycle:
@@ -98,13 +181,16 @@ class HTTPCycle:
 
     def __init__(self, req: Request, body: bytes, write_timeout: float) -> None:
         self.req = req
-        self.conn = req.connection
-        self.transport = self.conn.transport
+        self.conn = conn = req.connection
+        self.transport = conn.transport
         self.body = body
         self.offset = 0
         # An Upgrade request the app answers ends the connection (what followed it
         # was not parsed as HTTP), so its answer says so.
-        self.close = not keeps_alive(req) or self.conn.server.stopping or "upgrade" in req.headers
+        headers = req.headers
+        self.close = (
+            ("connection" in headers or req.http_version == "1.0") and not keeps_alive(req)
+        ) or conn.server.stopping or "upgrade" in headers
         self.head_only = req.method == "HEAD"
         self.status = 0
         self.headers: Any = ()
@@ -247,18 +333,22 @@ class HTTPCycle:
             await self._drain()
 
     def _head(self, body: bytes, more: bool, bodiless: bool) -> bytes:
-        self.length_given = any(bytes(n).lower() == b"content-length" for n, _ in self.headers)
+        start, flags = _head_start(self.status, self.headers)
+        self.length_given = length_given = bool(flags & _HAS_LENGTH)
+        close = self.close
         if bodiless and not self.head_only:
-            return encode_head(self.status, self.headers, close=self.close, chunked=False, length=None)
-        if not more and not self.length_given:
-            return encode_head(self.status, self.headers, close=self.close, chunked=False, length=len(body))
-        if self.length_given:
-            return encode_head(self.status, self.headers, close=self.close, chunked=False, length=None)
-        if self.req.http_version == "1.0":
+            tail = _framing(flags, close=close, chunked=False, length=None)
+        elif not more and not length_given:
+            tail = _framing(flags, close=close, chunked=False, length=len(body))
+        elif length_given:
+            tail = _framing(flags, close=close, chunked=False, length=None)
+        elif self.req.http_version == "1.0":
             self.close = True  # no chunked coding for HTTP/1.0: the end of the body is the close
-            return encode_head(self.status, self.headers, close=True, chunked=False, length=None)
-        self.chunked = True
-        return encode_head(self.status, self.headers, close=self.close, chunked=True, length=None)
+            tail = _framing(flags, close=True, chunked=False, length=None)
+        else:
+            self.chunked = True
+            tail = _framing(flags, close=close, chunked=True, length=None)
+        return start + tail
 
     def _frame(self, body: bytes) -> bytes:
         if not self.chunked:

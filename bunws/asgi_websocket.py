@@ -100,6 +100,7 @@ class WebSocketBridge:
     __slots__ = (
         "req", "server", "send_limit", "ws", "decision", "inbox", "waiter", "state",
         "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter", "accept_headers", "closed_here",
+        "loop",
     )
 
     def __init__(
@@ -109,11 +110,12 @@ class WebSocketBridge:
         self.accept_headers = accept_headers
         self.closed_here = False  # the close started on this side (no peer reason to report)
         self.server = server
+        self.loop = server.loop
         self.send_limit = send_limit
         self.ws: ServerWebSocket | None = None
         self.decision: asyncio.Future[Any] = server.loop.create_future()  # fetch's answer
         self.inbox: deque[dict[str, Any]] = deque()
-        self.waiter: asyncio.Future[None] | None = None  # receive() waiting for inbox
+        self.waiter: asyncio.Future[dict[str, Any]] | None = None  # receive() waiting: gets the next message
         self.state = "connecting"  # connecting -> open -> closed
         self.denial: tuple[int, list[tuple[str, str]]] | None = None
         self.denial_body = bytearray()
@@ -188,11 +190,21 @@ class WebSocketBridge:
             self.connect_sent = True
             return {"type": "websocket.connect"}
         inbox = self.inbox
-        while not inbox:
+        if not inbox:
             if self.state == "closed" and self.close_code is None:
                 return {"type": "websocket.disconnect", "code": 1006}
-            waiter = self.waiter = self.server.loop.create_future()
-            await waiter
+            # The next message is handed over as this future's result (_push), not
+            # through the inbox.
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                return await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    inbox.appendleft(waiter.result())  # handed over, not taken: kept for the next receive()
+                raise
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
         message = inbox.popleft()
         ws = self.ws
         if ws is not None and ws.is_paused and len(inbox) < RECEIVE_QUEUE // 2:
@@ -200,12 +212,13 @@ class WebSocketBridge:
         return message
 
     def _push(self, message: dict[str, Any]) -> None:
-        self.inbox.append(message)
+        """To the app waiting in receive() (no queueing), else into the inbox."""
         waiter = self.waiter
-        if waiter is not None:
+        if waiter is not None and not waiter.done():
             self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+            waiter.set_result(message)
+        else:
+            self.inbox.append(message)
 
     # handler calls (bridge_handler routes them here) ------------------------------
     def opened(self, ws: ServerWebSocket) -> None:
@@ -216,9 +229,10 @@ class WebSocketBridge:
     def message(self, ws: ServerWebSocket, data: Any) -> None:
         """The ``message`` handler: queue it for ``receive()``, pause reading when full."""
         if type(data) is str:
-            self._push({"type": "websocket.receive", "text": data})
+            message = {"type": "websocket.receive", "text": data}
         else:
-            self._push({"type": "websocket.receive", "bytes": bytes(data)})
+            message = {"type": "websocket.receive", "bytes": data if type(data) is bytes else bytes(data)}
+        self._push(message)
         if len(self.inbox) >= RECEIVE_QUEUE:
             ws.pause()
 

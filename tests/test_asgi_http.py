@@ -422,3 +422,37 @@ async def test_a_client_that_stops_sending_its_body_is_timed_out() -> None:
         await eventually(lambda: seen[-1:] == ["http.disconnect"])
         assert seen == ["http.request", "http.disconnect"]
         writer.close()
+
+
+async def test_response_heads_are_checked_every_time_and_cached_ones_stay_exact() -> None:
+    """Heads are cached by status and header pairs: a bad header is refused on every
+    request, a float status never matches the cached 200, unhashable pairs still work."""
+    answers: dict[str, tuple[Any, Any]] = {
+        "/same": (200, [(b"x-same", b"1"), (b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"connection", b"keep-alive")]),
+        "/bad-value": (200, [(b"x-a", b"1\r\nInjected: yes")]),
+        "/bad-name": (200, [(b"bad name", b"1")]),
+        "/float": (200.0, [(b"x-same", b"1")]),
+        "/lists": (201, [[b"x-list", bytearray(b"v")], [memoryview(b"x-view"), b"w"]]),
+    }
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        status, headers = answers[scope["path"]]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with asgi_server(app, lifespan="off") as server:
+        same = b"GET /same HTTP/1.1\r\nHost: h\r\n\r\n"
+        got = await raw_exchange(server.port, same * 3 + b"GET /float HTTP/1.1\r\nHost: h\r\n\r\n")
+        answers_got = got.split(b"HTTP/1.1 ")[1:]
+        assert len(answers_got) == 4 and answers_got[0] == answers_got[1] == answers_got[2]
+        first = answers_got[0]
+        assert first.startswith(b"200 OK\r\n") and first.count(b"Date:") + first.count(b"date:") == 1
+        assert b"date: Mon, 01 Jan 2024" in first and b"connection" not in first.lower()
+        assert first.endswith(b"Content-Length: 2\r\n\r\nok")
+        assert answers_got[3].startswith(b"500 ")  # 200.0 is not an int status
+        for path in ("/bad-value", "/bad-name", "/bad-value"):
+            got = await raw_exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            assert got.startswith(b"HTTP/1.1 500 ") and b"Injected" not in got
+        for _ in range(2):
+            got = await raw_exchange(server.port, b"GET /lists HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 201 Created\r\n") and b"x-list: v\r\n" in got and b"x-view: w\r\n" in got

@@ -5,6 +5,7 @@ messages, and native handlers on the same port."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -183,3 +184,30 @@ async def test_native_handlers_share_the_port() -> None:
             await other.send("y")
             assert await hot.recv() == "native native: x"
             assert await other.recv() == "asgi: y"
+
+
+async def test_a_message_handed_to_a_cancelled_receive_is_kept_for_the_next() -> None:
+    """A message given to an app waiting in receive() is that call's result; when
+    the call is cancelled before it resumes (on stock asyncio: a timer due in the
+    same loop pass as the data), the message goes to the next receive()."""
+    waiting: list[asyncio.Task[Any]] = []
+    go_on = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        waiting.append(asyncio.ensure_future(receive()))
+        await go_on.wait()
+        message = await receive()
+        await send({"type": "websocket.send", "text": f"{waiting[0].cancelled()} {message.get('text')}"})
+
+    async with asgi_server(app, lifespan="off") as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            await eventually(lambda: bool(waiting))
+            await asyncio.sleep(0.01)  # the receive() task waits on its future
+            asyncio.get_running_loop().call_later(0.01, waiting[0].cancel)
+            await ws.send("kept")
+            time.sleep(0.05)  # block the loop: the frame and the timer are both due on the next pass
+            await asyncio.sleep(0.05)
+            go_on.set()
+            assert await asyncio.wait_for(ws.recv(), 5) == "True kept"
