@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import weakref
 from typing import Any
 
@@ -28,12 +29,12 @@ _engines: weakref.WeakKeyDictionary[Any, Server] = weakref.WeakKeyDictionary()
 
 
 def _pong(ws: Any, data: Any) -> None:
-    """A Pong arrived: the keepalive of the connection behind ``ws`` is answered."""
+    """A Pong arrived: the keepalive of the connection behind ``ws`` may be answered."""
     bridge = ws.data
     if isinstance(bridge, WebSocketBridge):
         conn = bridge.req.connection
         if isinstance(conn, WebSocketProtocol):
-            conn.ping_sent_at = 0.0
+            conn.pong_received(data)
 
 
 class Engine(Server):
@@ -178,31 +179,70 @@ class WebSocketProtocol(Connection):
         self.app_state = app_state
         self.close_timeout = self.server.close_timeout
         self.close_timer: asyncio.TimerHandle | None = None  # waiting for the peer's Close
-        self.ping_timer: asyncio.TimerHandle | None = None  # uvicorn's keepalive (keepalive())
-        self.ping_sent_at = 0.0  # loop time of the Ping awaiting its Pong (0: none)
-        self.ping_expired = False  # the keepalive gave up on the peer
+        # uvicorn's keepalive (keepalive()): its timers, the last Ping's time and
+        # payload (None once answered), and whether it gave up on the peer.
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.pong_timer: asyncio.TimerHandle | None = None
+        self.ping_sent_at = 0.0
+        self.pending_ping_payload: bytes | None = None
+        self.ping_expired = False
 
-    def keepalive(self) -> None:
-        """uvicorn's keepalive: a Ping every ``ws_ping_interval`` seconds once the
-        WebSocket is open; no Pong within ``ws_ping_timeout`` closes it with 1011."""
-        interval = self.config.ws_ping_interval
+    def open_socket(self) -> Any:
+        """The app's WebSocket while it is open, else None."""
         bridge = self.session.ws.data if self.session is not None else None
         ws = bridge.ws if isinstance(bridge, WebSocketBridge) else None
+        return ws if ws is not None and ws.ready_state == 1 else None
+
+    def keepalive(self) -> None:
+        """uvicorn's keepalive: once the WebSocket is open, a Ping every
+        ``ws_ping_interval`` seconds; no Pong within ``ws_ping_timeout`` closes it
+        with 1011. Each Ping carries 4 random bytes, so only its own Pong counts."""
+        self.ping_timer = None
         loop = self.server.loop
-        if ws is not None and ws.ready_state == 1:
-            timeout = self.config.ws_ping_timeout
-            if self.ping_sent_at and timeout is not None and loop.time() - self.ping_sent_at >= timeout:
-                self.ping_expired = True  # a peer that sends no Pong will send no Close either
-                ws.close(1011, "keepalive ping timeout")
-                return
-            if not self.ping_sent_at:
-                self.ping_sent_at = loop.time()
-                ws.ping()
-            if timeout is not None and timeout < interval:
-                interval = timeout  # look again when the Pong is due
-        elif ws is not None or self.phase is Phase.CLOSED:
-            return  # closed: no more pings
-        self.ping_timer = loop.call_later(interval, self.keepalive)
+        ws = self.open_socket()
+        if ws is None:
+            if self.phase is Phase.HTTP:  # the app has not accepted yet
+                self.ping_timer = loop.call_later(self.config.ws_ping_interval, self.keepalive)
+            return
+        self.pending_ping_payload = os.urandom(4)
+        self.ping_sent_at = loop.time()
+        ws.ping(self.pending_ping_payload)
+        timeout = self.config.ws_ping_timeout
+        if timeout is not None:
+            self.pong_timer = loop.call_later(timeout, self.keepalive_expired)
+        else:
+            self.ping_timer = loop.call_later(self.config.ws_ping_interval, self.keepalive)
+
+    def pong_received(self, payload: Any) -> None:
+        """A Pong: if it answers the keepalive Ping, the next Ping is due one
+        interval after that Ping was sent."""
+        if self.pending_ping_payload is None or bytes(payload) != self.pending_ping_payload:
+            return  # unsolicited, or a stale answer
+        self.pending_ping_payload = None
+        if self.pong_timer is not None:
+            self.pong_timer.cancel()
+            self.pong_timer = None
+            loop = self.server.loop
+            delay = max(0.0, self.config.ws_ping_interval - (loop.time() - self.ping_sent_at))
+            self.ping_timer = loop.call_later(delay, self.keepalive)
+
+    def keepalive_expired(self) -> None:
+        """No Pong within ``ws_ping_timeout``: close with 1011, not waiting for a
+        Close from a peer that answers nothing."""
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        ws = self.open_socket()
+        if ws is not None:
+            self.ping_expired = True
+            ws.close(1011, "keepalive ping timeout")
+
+    def stop_keepalive(self) -> None:
+        """No more keepalive Pings (the connection is gone)."""
+        for timer in (self.ping_timer, self.pong_timer):
+            if timer is not None:
+                timer.cancel()
+        self.ping_timer = self.pong_timer = None
+        self.pending_ping_payload = None
 
     def await_close_reply(self) -> bool:
         """Our Close frame is out: whether the peer's answer is awaited (up to
@@ -257,9 +297,7 @@ class WebSocketProtocol(Connection):
     def connection_lost(self, exc: BaseException | None) -> None:
         """The connection ended: uvicorn stops tracking it."""
         self.server_state.connections.discard(self)
-        if self.ping_timer is not None:
-            self.ping_timer.cancel()
-            self.ping_timer = None
+        self.stop_keepalive()
         self.cancel_close_timer()
         super().connection_lost(exc)
 

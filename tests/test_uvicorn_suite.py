@@ -122,8 +122,8 @@ async def test_uvicorn_keepalive_pings_then_closes_1011_without_a_pong() -> None
             writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-            ping = await reader.readexactly(2)
-            assert ping == b"\x89\x00"  # an empty Ping, which this client never answers
+            ping = await reader.readexactly(6)
+            assert ping[:2] == b"\x89\x04"  # a Ping with 4 random bytes, which this client never answers
             head = await reader.readexactly(2)
             assert head[0] == 0x88
             payload = await reader.readexactly(head[1])
