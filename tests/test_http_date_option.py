@@ -1,13 +1,9 @@
 """The ``Date`` field of the 101: one by default (the caller's if it gives one), none
 when the front is told to send none (``bunws.http.without_date``, which the uvicorn
-adapter applies for uvicorn's ``date_header=False``)."""
+adapter applies for uvicorn's ``date_header=False``: tests/test_uvicorn_suite.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-import pytest
 from conftest import running
 from rawclient import RawClient
 
@@ -52,32 +48,3 @@ async def test_a_native_upgrade_with_a_date_header_sends_exactly_that_one() -> N
         given.close()
     assert len(fields(plain.head, b"date")) == 1
     assert fields(given.head, b"date") == [b"Date: Thu, 01 Jan 2026 00:00:00 GMT"]
-
-
-@pytest.mark.asyncio(loop_factories=["asyncio"])
-@pytest.mark.parametrize("date_header", [True, False])
-async def test_uvicorns_date_header_option_decides_the_101s_date(date_header: bool) -> None:
-    uvicorn = pytest.importorskip("uvicorn")
-    from redis_server import free_port
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await receive()
-
-    port = free_port()
-    config = uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off",
-                            log_level="warning", date_header=date_header)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
-        client = await RawClient.connect(port)
-        client.close()
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-    assert client.status == 101
-    assert len(fields(client.head, b"date")) == (1 if date_header else 0)

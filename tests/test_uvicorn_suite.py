@@ -27,6 +27,7 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
+import wire  # noqa: E402
 from installs import one_at_a_time  # noqa: E402
 from redis_server import free_port  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -46,16 +47,22 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
 
 
+async def started_uvicorn(app: Any, **options: Any) -> tuple[uvicorn.Server, asyncio.Future[Any], int]:
+    """A uvicorn server on a free port with the bunws WebSocket protocol, started."""
+    port = free_port()
+    options = {"lifespan": "off", "log_level": "critical", **options}
+    server = uvicorn.Server(uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", **options))
+    task = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    return server, task, port
+
+
 @ASYNCIO_ONLY
 async def test_uvicorn_serves_websockets_through_bunws() -> None:
-    port = free_port()
-    config = uvicorn.Config(echo_app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
+    server, task, port = await started_uvicorn(echo_app)
     try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
         async with connect(f"ws://127.0.0.1:{port}/", subprotocols=["x"]) as ws:
             assert ws.subprotocol == "x"
             await ws.send("over uvicorn")
@@ -138,41 +145,29 @@ def test_uvicorn_websocket_suite(tmp_path_factory: Any) -> None:
 
 
 @ASYNCIO_ONLY
-async def test_uvicorn_keepalive_pings_then_closes_1011_without_a_pong() -> None:
-    port = free_port()
-    config = uvicorn.Config(echo_app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off",
-                            log_level="warning", ws_ping_interval=0.1, ws_ping_timeout=0.2)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
+async def test_uvicorn_keepalive_needs_the_pong_of_its_own_ping_then_closes_1011_and_ends_at_once() -> None:
+    server, task, port = await started_uvicorn(echo_app, ws_ping_interval=0.1, ws_ping_timeout=0.3)
     try:
         async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            writer.write(UPGRADE)
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-            ping = await reader.readexactly(6)
-            assert ping[:2] == b"\x89\x04"  # a Ping with 4 random bytes, which this client never answers
+            first = await reader.readexactly(6)
+            assert first[:2] == b"\x89\x04"  # a Ping with 4 random bytes
+            writer.write(wire.client(0xA, first[2:]))  # its Pong: the next Ping comes, not a Close
+            second = await reader.readexactly(6)
+            assert second[:2] == b"\x89\x04" and second[2:] != first[2:]
+            writer.write(wire.client(0xA, b"nope"))  # not its Pong
             head = await reader.readexactly(2)
             assert head[0] == 0x88
             payload = await reader.readexactly(head[1])
             assert payload == (1011).to_bytes(2, "big") + b"keepalive ping timeout"
+            # A peer that answers no Ping is not waited for: the FIN follows the Close.
+            assert await reader.read() == b""
             writer.close()
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
-
-
-async def started_uvicorn(app: Any) -> tuple[uvicorn.Server, asyncio.Future[Any], int]:
-    port = free_port()
-    config = uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="critical")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    return server, task, port
 
 
 UPGRADE = (b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -226,3 +221,21 @@ async def test_a_started_denial_is_answered_when_the_app_then_fails_and_a_missin
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+@ASYNCIO_ONLY
+@pytest.mark.parametrize("date_header", [True, False])
+async def test_uvicorns_date_header_option_decides_the_101s_date(date_header: bool) -> None:
+    server, task, port = await started_uvicorn(echo_app, date_header=date_header)
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(UPGRADE)
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+    assert head.startswith(b"HTTP/1.1 101")
+    dates = [line for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
+    assert len(dates) == (1 if date_header else 0)
