@@ -4,8 +4,11 @@
 hands each upgrade to a bunws :class:`~bunws.protocol.Connection` that runs the
 app through the same ASGI bridge as :func:`bunws.serve_asgi`
 (:mod:`bunws.asgi_websocket`): the compiled frame core, permessage-deflate, flow
-control and the close handshake are bunws's. Per uvicorn ``Config`` there is one
-bunws engine (a :class:`~bunws.Server` that never listens; uvicorn accepts).
+control and the close handshake are bunws's, with uvicorn's choices where they are
+as correct (the peer's Close awaited on an open connection, ``send`` waiting while
+the transport holds unsent bytes, its keepalive, ``date_header``). Per uvicorn
+``Config`` there is one bunws engine (a :class:`~bunws.Server` that never listens;
+uvicorn accepts).
 """
 
 from __future__ import annotations
