@@ -390,12 +390,14 @@ def build_101(
 ) -> bytes:
     """The ``101 Switching Protocols`` answer in Bun's header order."""
     lines = ["HTTP/1.1 101 Switching Protocols"]
+    has_date = False
     for name, value in user_headers:
         lower = name.lower()
         if lower in _RESERVED_101:
             continue
         if lower == "set-cookie":
             name = "set-cookie"
+        has_date = has_date or lower == "date"
         lines.append(f"{name}: {value}")
     lines.append("Upgrade: websocket")
     lines.append("Connection: Upgrade")
@@ -404,8 +406,17 @@ def build_101(
         lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
     if extensions:
         lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    lines.append(f"Date: {http_date()}")
+    if not has_date:  # one Date field (RFC 9110 §6.6.1): the caller's, else ours
+        lines.append(f"Date: {http_date()}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def without_date(head: bytes) -> bytes:
+    """A response head (status line and fields, ending in an empty line) without its
+    ``Date`` field, for a front told to send none (uvicorn's ``date_header=False``);
+    RFC 9110 §6.6.1 makes ``Date`` optional on a 1xx answer such as the 101."""
+    lines = head.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if not line.lower().startswith(b"date:"))
 
 
 _date_cache: list[Any] = [0, ""]

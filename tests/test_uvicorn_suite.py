@@ -1,11 +1,11 @@
 """``bunws.uvicorn:WebSocketProtocol`` inside a real uvicorn server, and uvicorn's own
 WebSocket test module run against it.
 
-The quick test runs by default. The uvicorn suite (its sdist's
-``tests/protocols/test_websocket.py`` with the bunws class added to its
-``ws_protocol_cls`` fixture) downloads the sdist with pip at test time and runs only
-with ``BUNWS_UVICORN_SUITE=1`` (about 40 s): it does not pass whole yet (112 passed,
-30 failed with uvicorn 0.54.0; docs/asgi.md, "uvicorn", says which and why).
+The uvicorn suite (its sdist's ``tests/protocols/test_websocket.py`` with the bunws
+class added to its ``ws_protocol_cls`` fixture; about 30 s) downloads the sdist of the
+installed uvicorn with pip at test time and skips, saying why, only when it cannot be
+had. Every case must pass but the few where bunws chooses otherwise on purpose
+(``KNOWN_DIFFERENCES``; docs/asgi.md, "uvicorn", says why for each).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
+import wire  # noqa: E402
+from installs import one_at_a_time  # noqa: E402
 from redis_server import free_port  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
@@ -43,16 +47,22 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
 
 
+async def started_uvicorn(app: Any, **options: Any) -> tuple[uvicorn.Server, asyncio.Future[Any], int]:
+    """A uvicorn server on a free port with the bunws WebSocket protocol, started."""
+    port = free_port()
+    options = {"lifespan": "off", "log_level": "critical", **options}
+    server = uvicorn.Server(uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", **options))
+    task = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    return server, task, port
+
+
 @ASYNCIO_ONLY
 async def test_uvicorn_serves_websockets_through_bunws() -> None:
-    port = free_port()
-    config = uvicorn.Config(echo_app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
+    server, task, port = await started_uvicorn(echo_app)
     try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
         async with connect(f"ws://127.0.0.1:{port}/", subprotocols=["x"]) as ws:
             assert ws.subprotocol == "x"
             await ws.send("over uvicorn")
@@ -66,83 +76,98 @@ async def test_uvicorn_serves_websockets_through_bunws() -> None:
         await asyncio.wait_for(task, 15)
 
 
+# The cases of uvicorn 0.54.0's module where bunws differs on purpose (each fails
+# under both HTTP fronts, httptools and h11).
+KNOWN_DIFFERENCES = {
+    # The test asserts the class is one of uvicorn's own two.
+    "test_server_keepalive_ping_pong": "isinstance against uvicorn's classes",
+    "test_server_keepalive_disabled": "isinstance against uvicorn's classes",
+    # An app that fails after accepting (here: a second websocket.accept) gets 1011.
+    "test_duplicate_handshake": "1011 Close frame, not a dropped connection (1006)",
+    # An app that returns without websocket.close gets a 1000 close handshake.
+    "test_close_transport_on_asgi_return": "1000 Close frame, not a dropped connection (1006)",
+    # Reading pauses after RECEIVE_QUEUE (16) unreceived messages, not after one.
+    "test_close_resumes_reads_paused_on_an_unconsumed_message": "reads pause after 16 queued messages",
+}
+SUITE_SECONDS = 300  # the run takes about 30 s alone; two busy workers may triple it
+
+
 def uvicorn_sdist(cache: Path) -> Path:
-    """The sdist of the installed uvicorn version, unpacked under ``cache``."""
+    """The sdist of the installed uvicorn version, unpacked under ``cache``, with
+    the bunws class in its ``ws_protocol_cls`` fixture."""
     version = uvicorn.__version__
     tree = cache / f"uvicorn-{version}"
-    if not tree.exists():
-        r = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-             f"uvicorn=={version}", "-d", str(cache)], capture_output=True, text=True, timeout=300)
-        archive = cache / f"uvicorn-{version}.tar.gz"
-        if r.returncode != 0 or not archive.exists():
-            pytest.skip(f"cannot download the uvicorn {version} sdist: {r.stderr.strip()[-300:]}")
-        with tarfile.open(archive) as tar:
-            tar.extractall(cache, filter="data")
-    conftest = tree / "tests" / "conftest.py"
-    text = conftest.read_text()
-    if "bunws.uvicorn" not in text:
-        anchor = '"uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"\n        ),\n'
-        if anchor not in text:
-            pytest.skip("uvicorn's ws_protocol_cls fixture has changed shape")
-        conftest.write_text(text.replace(anchor, anchor + '        pytest.param("bunws.uvicorn:WebSocketProtocol", id="bunws"),\n'))
+    with one_at_a_time():  # another worker or run may be unpacking the same cache
+        if not tree.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                 f"uvicorn=={version}", "-d", str(cache)], capture_output=True, text=True, timeout=300)
+            archive = cache / f"uvicorn-{version}.tar.gz"
+            if r.returncode != 0 or not archive.exists():
+                pytest.skip(f"cannot download the uvicorn {version} sdist: {r.stderr.strip()[-300:]}")
+            # Unpacked aside, then renamed: a run killed halfway leaves no partial tree.
+            partial = Path(tempfile.mkdtemp(dir=cache))
+            with tarfile.open(archive) as tar:
+                tar.extractall(partial, filter="data")
+            (partial / tree.name).rename(tree)
+            shutil.rmtree(partial)
+        conftest = tree / "tests" / "conftest.py"
+        text = conftest.read_text()
+        if "bunws.uvicorn" not in text:
+            anchor = '"uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"\n        ),\n'
+            if anchor not in text:
+                pytest.skip("uvicorn's ws_protocol_cls fixture has changed shape")
+            conftest.write_text(text.replace(anchor, anchor + '        pytest.param("bunws.uvicorn:WebSocketProtocol", id="bunws"),\n'))
     return tree
 
 
-@pytest.mark.skipif(os.environ.get("BUNWS_UVICORN_SUITE") != "1", reason="set BUNWS_UVICORN_SUITE=1 (about 40 s)")
-def test_uvicorn_websocket_suite(tmp_path_factory: Any) -> None:
-    for module in ("httpx2", "pytest_mock", "anyio"):
+@pytest.mark.timeout(SUITE_SECONDS + 60)
+def test_uvicorn_websocket_suite() -> None:
+    for module in ("httpx2", "pytest_mock", "anyio", "httptools", "h11", "wsproto"):
         pytest.importorskip(module)
-    tree = uvicorn_sdist(tmp_path_factory.getbasetemp().parent / "uvicorn-sdist")
+    tree = uvicorn_sdist(Path(tempfile.gettempdir()) / "bunws-uvicorn-sdist")
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/protocols/test_websocket.py", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "tests/protocols/test_websocket.py", "-q", "-rfE", "-p", "no:cacheprovider",
          "-o", "addopts=", "-o", "asyncio_default_fixture_loop_scope=function",
          "-W", "ignore::pytest.PytestDeprecationWarning", "-k", "bunws", "--timeout", "10"],
-        cwd=tree, capture_output=True, text=True, timeout=1800,
+        cwd=tree, capture_output=True, text=True, timeout=SUITE_SECONDS,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error|errors)", summary)}
     print(summary)
-    assert counts.get("passed", 0) > 0 and not counts.get("failed") and not counts.get("error") and not counts.get("errors"), summary
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error|errors)", summary)}
+    failed = re.findall(r"^(?:FAILED|ERROR) \S+::(\w+)\[bunws-([^\]]+)\]", r.stdout, re.MULTILINE)
+    unexpected = sorted(f"{name}[{front}]" for name, front in failed if name not in KNOWN_DIFFERENCES)
+    assert not unexpected, f"{summary}\n" + "\n".join(unexpected) + "\n" + r.stdout[-3000:]
+    assert counts.get("passed", 0) >= 100, summary
+    assert counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0) == len(failed), summary
 
 
 @ASYNCIO_ONLY
-async def test_uvicorn_keepalive_pings_then_closes_1011_without_a_pong() -> None:
-    port = free_port()
-    config = uvicorn.Config(echo_app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off",
-                            log_level="warning", ws_ping_interval=0.1, ws_ping_timeout=0.2)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
+async def test_uvicorn_keepalive_needs_the_pong_of_its_own_ping_then_closes_1011_and_ends_at_once() -> None:
+    server, task, port = await started_uvicorn(echo_app, ws_ping_interval=0.1, ws_ping_timeout=0.3)
     try:
         async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            writer.write(UPGRADE)
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-            ping = await reader.readexactly(2)
-            assert ping == b"\x89\x00"  # an empty Ping, which this client never answers
+            first = await reader.readexactly(6)
+            assert first[:2] == b"\x89\x04"  # a Ping with 4 random bytes
+            writer.write(wire.client(0xA, first[2:]))  # its Pong: the next Ping comes, not a Close
+            second = await reader.readexactly(6)
+            assert second[:2] == b"\x89\x04" and second[2:] != first[2:]
+            writer.write(wire.client(0xA, b"nope"))  # not its Pong
             head = await reader.readexactly(2)
             assert head[0] == 0x88
             payload = await reader.readexactly(head[1])
             assert payload == (1011).to_bytes(2, "big") + b"keepalive ping timeout"
+            # A peer that answers no Ping is not waited for: the FIN follows the Close.
+            assert await reader.read() == b""
             writer.close()
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
-
-
-async def started_uvicorn(app: Any) -> tuple[uvicorn.Server, asyncio.Future[Any], int]:
-    port = free_port()
-    config = uvicorn.Config(app, port=port, ws="bunws.uvicorn:WebSocketProtocol", lifespan="off", log_level="critical")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    return server, task, port
 
 
 UPGRADE = (b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -196,3 +221,21 @@ async def test_a_started_denial_is_answered_when_the_app_then_fails_and_a_missin
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+@ASYNCIO_ONLY
+@pytest.mark.parametrize("date_header", [True, False])
+async def test_uvicorns_date_header_option_decides_the_101s_date(date_header: bool) -> None:
+    server, task, port = await started_uvicorn(echo_app, date_header=date_header)
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(UPGRADE)
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+    assert head.startswith(b"HTTP/1.1 101")
+    dates = [line for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
+    assert len(dates) == (1 if date_header else 0)
