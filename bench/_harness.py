@@ -154,6 +154,8 @@ def all_targets():
                check=[py, "-c", "import bunws"], note="stock asyncio"),
         Target("bunws-uvloop", [py, srv("bunws_server.py")], env=dict(bunws_env, UVLOOP="1"),
                check=[py, "-c", "import bunws, uvloop"], note="uvloop"),
+        Target("bunws-fast", [py, srv("bunws_server.py")], env=dict(bunws_env, FAST_TRANSPORT="1"),
+               check=[py, "-c", "import bunws, aiofastnet"], note="stock asyncio, fast_transport=True (aiofastnet)"),
         Target("picows", [py, srv("picows_server.py")], check=[py, "-c", "import picows"],
                note="loop over a set for fan-out"),
         Target("picows-uvloop", [py, srv("picows_server.py")], env={"UVLOOP": "1"},

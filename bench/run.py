@@ -119,11 +119,16 @@ def issue17_goals(conns):
     return [
         Goal(f"latency p50, {lat}", "latency", lat, "lat_p50_us", "µs", "bunws", "picows", 1.0, False),
         Goal(f"latency p99, {lat}", "latency", lat, "lat_p99_us", "µs", "bunws", "picows", 1.0, False),
+        # The same with the opt-in compiled transport (picows runs on that library too).
+        Goal(f"latency p50, {lat}", "latency", lat, "lat_p50_us", "µs", "bunws-fast", "picows", 1.0, False),
+        Goal(f"latency p99, {lat}", "latency", lat, "lat_p99_us", "µs", "bunws-fast", "picows", 1.0, False),
         Goal(hs, "conns", held, "handshakes_per_s", "handshakes/s", "bunws", "bun", 0.8),
         Goal(hs, "conns", held, "handshakes_per_s", "handshakes/s", "bunws-uvloop", "bun", 1.0),
         Goal(rss, "conns", held, "rss_per_conn_kib", "KiB", "bunws", None, 1.5, False),
         Goal("echo " + echo_label(256, 16, 64), "echo", echo_label(256, 16, 64), "msgs_per_s", "msg/s",
              "bunws", "bun", 1.0),
+        Goal("echo " + echo_label(256, 16, 64), "echo", echo_label(256, 16, 64), "msgs_per_s", "msg/s",
+             "bunws-fast", "bun", 1.0),
         Goal("echo " + echo_label(256, 65536, 4), "echo", echo_label(256, 65536, 4), "msgs_per_s", "msg/s",
              "bunws", "picows", 1.2),
         Goal("fan-out " + fanout_label(5000, 1024, 32), "fanout", fanout_label(5000, 1024, 32),

@@ -30,7 +30,7 @@ cdef class WebSocketCore:
     cdef object loop
     cdef unsigned long loop_thread        # the thread that runs loop: the only one that may send
     cdef readonly int high_water          # the transport's high-water mark: 0, or 1 on TLS
-    cdef object on_over_limit             # called (soon) when close_on_backpressure_limit trips
+    cdef object on_over_limit             # on_over_limit(ws), soon, when close_on_backpressure_limit trips
     cdef readonly object deflater         # None, or a Deflater (shared or dedicated)
     cdef Py_ssize_t limit                 # backpressure_limit, 0 = none
     cdef bint close_on_limit

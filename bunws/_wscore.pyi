@@ -74,7 +74,7 @@ class WebSocketCore:
         loop: Any,
         limit: int,
         close_on_limit: bool,
-        on_over_limit: Callable[[], Any],
+        on_over_limit: Callable[[WebSocketCore], Any],
         deflater: Any = None,
         shared_deflate: bool = False,
         counters: Counters | None = None,

@@ -84,6 +84,18 @@ cdef class Counters:
 cdef Counters UNCOUNTED = Counters()
 
 
+cdef inline bytearray out_of(WebSocketCore ws):
+    """The socket's own outgoing buffer, made on first use: an idle socket holds
+    none (flush hands the buffer to the transport and starts over from None)."""
+    if ws.out is None:
+        ws.out = bytearray()
+    return ws.out
+
+
+cdef inline Py_ssize_t out_size(WebSocketCore ws):
+    return 0 if ws.out is None else PyByteArray_GET_SIZE(ws.out)
+
+
 cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
     """Queue ``frame`` (bytes shared with other receivers) after what ``ws`` holds.
 
@@ -93,10 +105,10 @@ cdef inline int queue_shared(WebSocketCore ws, object frame) except -1:
     at flush time (vectored where the transport supports it)."""
     if ws.shared_frames is None:
         ws.shared_frames = []
-    if PyByteArray_GET_SIZE(ws.out):
+    if out_size(ws):
         ws.shared_frames.append(ws.out)
         ws.shared_bytes += PyByteArray_GET_SIZE(ws.out)
-        ws.out = bytearray()
+        ws.out = None
     ws.shared_frames.append(frame)
     ws.shared_bytes += PyBytes_GET_SIZE(frame)
     return 0
@@ -143,13 +155,13 @@ cdef class WebSocketCore:
     """
 
     def __cinit__(self):
-        self.out = bytearray()
         self.ready_state = 1
         self.counters = UNCOUNTED
 
     def attach(self, transport, loop, Py_ssize_t limit, bint close_on_limit,
                on_over_limit, deflater=None, bint shared_deflate=False, counters=None):
         """Wire the socket to its transport and options (once, at upgrade);
+        ``on_over_limit(ws)`` runs soon after close_on_backpressure_limit trips;
         ``counters``: the server's :class:`Counters` to count into."""
         if counters is not None:
             self.counters = <Counters?>counters
@@ -225,11 +237,11 @@ cdef class WebSocketCore:
         if compress and size and opcode <= BINARY and self.deflater is not None:
             payload = self.deflater.compress(payload)
             rsv1 = True
-        append_server_frame(self.out, opcode, payload, rsv1)
+        append_server_frame(out_of(self), opcode, payload, rsv1)
         if opcode <= BINARY:
             self.counters.messages_sent += 1
         if self.corked:
-            if PyByteArray_GET_SIZE(self.out) + self.shared_bytes > CORK_FLUSH_THRESHOLD:
+            if out_size(self) + self.shared_bytes > CORK_FLUSH_THRESHOLD:
                 self.flush()
         else:
             self.flush()
@@ -244,26 +256,27 @@ cdef class WebSocketCore:
         if self.write_paused:
             n = self.transport.get_write_buffer_size()
         if not self.corked:
-            n += PyByteArray_GET_SIZE(self.out) + self.shared_bytes
+            n += out_size(self) + self.shared_bytes
         return n
 
     cpdef flush(self):
         """Hand the queued bytes to the transport in one write."""
         cdef bytearray out = self.out
+        cdef Py_ssize_t size = out_size(self)
         cdef list shared_frames = self.shared_frames
         if shared_frames is not None:
-            self.counters.bytes_sent += self.shared_bytes + PyByteArray_GET_SIZE(out)
+            self.counters.bytes_sent += self.shared_bytes + size
             self.shared_frames = None
             self.shared_bytes = 0
-            if PyByteArray_GET_SIZE(out):
-                self.out = bytearray()
+            if size:
+                self.out = None
                 shared_frames.append(out)
             self.transport.writelines(shared_frames)
-        elif PyByteArray_GET_SIZE(out):
-            # A fresh buffer rather than clearing in place: a transport may keep a
-            # reference to what it was given.
-            self.out = bytearray()
-            self.counters.bytes_sent += PyByteArray_GET_SIZE(out)
+        elif size:
+            # The buffer goes to the transport (which may keep a reference to it):
+            # the next frame starts a fresh one.
+            self.out = None
+            self.counters.bytes_sent += size
             self.transport.write(out)
         else:
             return
@@ -289,7 +302,7 @@ cdef class WebSocketCore:
             # Bun: no Close frame, buffered data discarded, close handler (1006, "")
             # right after the current handler returns; every later send is dropped.
             self.limit_tripped = True
-            self.loop.call_soon(self.on_over_limit)
+            self.loop.call_soon(self.on_over_limit, self)
         return 0
 
     def cork(self, fn):
@@ -328,7 +341,7 @@ cdef class WebSocketCore:
         """Bytes of complete frames waiting in user space (not the cork buffer)."""
         if self.ready_state != 1:
             return 0
-        cdef Py_ssize_t pending = 0 if self.corked else PyByteArray_GET_SIZE(self.out) + self.shared_bytes
+        cdef Py_ssize_t pending = 0 if self.corked else out_size(self) + self.shared_bytes
         return self.transport.get_write_buffer_size() + pending
 
     def get_buffered_amount(self):
@@ -364,20 +377,20 @@ cdef class WebSocketCore:
         if self.write_paused:
             self.pending_pong = payload
         else:
-            append_server_frame(self.out, PONG, payload, False)
+            append_server_frame(out_of(self), PONG, payload, False)
             if not self.corked:
                 self.flush()
 
     def send_keepalive(self):
         """The idle timer's empty Ping (not subject to the backpressure limit)."""
         if self.ready_state == 1:
-            self.out += EMPTY_PING
+            out_of(self).extend(EMPTY_PING)
             if not self.corked:
                 self.flush()
 
     def queue_close(self, code, str reason):
         """The Close frame, after everything queued (``code`` None: empty payload)."""
-        self.out += encode_close(code, reason)
+        out_of(self).extend(encode_close(code, reason))
         self.flush()
 
     def transport_paused(self):
@@ -393,7 +406,7 @@ cdef class WebSocketCore:
         pong = self.pending_pong
         if pong is not None:
             self.pending_pong = None
-            append_server_frame(self.out, PONG, pong, False)
+            append_server_frame(out_of(self), PONG, pong, False)
             self.flush()
         return True
 
@@ -412,7 +425,7 @@ cdef class WebSocketCore:
         if self.ready_state != 1:
             return False
         self.ready_state = 3
-        self.out = bytearray()
+        self.out = None
         self.shared_frames = None
         self.shared_bytes = 0
         self.pending_pong = None
@@ -517,12 +530,12 @@ def fan_out(dict receivers, int opcode, bytes payload, bint compress, object exc
                         opcode, ws.deflater.compress(payload), True)
                 queue_shared(ws, zframe)
             else:
-                append_server_frame(ws.out, opcode, ws.deflater.compress(payload), True)
+                append_server_frame(out_of(ws), opcode, ws.deflater.compress(payload), True)
         else:
             queue_shared(ws, frame)
         ws.counters.deliveries += 1
         ws.counters.messages_sent += 1
-        if ws.corked and PyByteArray_GET_SIZE(ws.out) + ws.shared_bytes > CORK_FLUSH_THRESHOLD:
+        if ws.corked and out_size(ws) + ws.shared_bytes > CORK_FLUSH_THRESHOLD:
             ws.flush()  # a socket publishing to itself inside its handler: Bun's 16 KiB rule
         if ws.write_paused:
             buffering = True

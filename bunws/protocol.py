@@ -133,11 +133,14 @@ class Connection(asyncio.BufferedProtocol):
             self.remote_address = peer[0] if isinstance(peer, tuple) else str(peer)
         self.deadline = self.clock() + server.handshake_timeout
         if not server.admit(self):
+            # Closed one loop step later: a transport may still have start-up steps
+            # queued (aiofastnet adds its reader after connection_made; closing
+            # first would leave that reader on a closed, soon reused, fd number).
             if server.ssl is None:
                 transport.write(simple_response(503))
-                transport.close()
+                server.loop.call_soon(transport.close)
             else:
-                transport.abort()  # before TLS a plaintext 503 would only be noise
+                server.loop.call_soon(transport.abort)  # before TLS a plaintext 503 would only be noise
             self.phase = CLOSED
             return
         self._http = httptools.HttpRequestParser(self)

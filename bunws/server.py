@@ -69,7 +69,7 @@ class Server:
         max_connections: int | None,
         max_pending_handshakes: int,
         allowed_origins: Iterable[str] | str | None,
-        fast_transport: bool | None = None,
+        fast_transport: bool = False,
     ) -> None:
         if not callable(fetch):
             raise InvalidType("fetch must be callable")
@@ -579,14 +579,14 @@ async def serve(
     allowed_origins: Iterable[str] | str | None = None,
     sock: socket.socket | None = None,
     backplane: Any = None,
-    fast_transport: bool | None = None,
+    fast_transport: bool = False,
 ) -> Server:
     """Start a server on the running loop and return it (``Bun.serve``).
 
     ``fetch(req, server)`` answers HTTP requests (sync or async) and may call
     ``server.upgrade(req)``; ``websocket`` holds the WebSocket handlers and options.
-    ``fast_transport``: aiofastnet's compiled transport when installed (``None``),
-    required (``True``) or never (``False``); see :mod:`bunws.fastnet`.
+    ``fast_transport=True`` listens through aiofastnet's compiled transport (less
+    CPU per message, more memory per connection; see :mod:`bunws.fastnet`).
     """
     server = Server(
         fetch,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._frame import FrameParser, Opcode
@@ -67,7 +66,9 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
         )
         ws.attach(
             transport, server.loop, handler.backpressure_limit,
-            handler.close_on_backpressure_limit, partial(self.abort, 1006, ""),
+            # terminate(): Bun's (1006, "") with no Close frame. One function for every
+            # socket rather than a bound callable per connection.
+            handler.close_on_backpressure_limit, ServerWebSocket.terminate,
             deflater, shared_deflate, server.counters,
         )
         # What dispatch() reads per batch is resolved once.

@@ -38,17 +38,19 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return factories
 
 
-# The listening transport: aiofastnet's (the default when installed, as it is for the
-# test extra) and asyncio's own. Modules that exercise the transport directly opt in
-# with ``pytestmark = pytest.mark.usefixtures("both_transports")``.
-TRANSPORTS = ["fastnet", "asyncio-transport"] if bunws.fastnet.fast_transport_available() else ["asyncio-transport"]
+# The listening transport: asyncio's own (the default) and aiofastnet's
+# (``fast_transport=True``; aiofastnet is in the test extra). Modules that exercise the
+# transport directly opt in with ``pytestmark = pytest.mark.usefixtures("both_transports")``.
+TRANSPORTS = ["asyncio-transport", "fastnet"] if bunws.fastnet.fast_transport_available() else ["asyncio-transport"]
 
 
 @pytest.fixture(params=TRANSPORTS)
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test on each listening transport (``serve``'s default picks it)."""
-    if request.param == "asyncio-transport":
-        monkeypatch.setattr(bunws.fastnet, "fast_transport_available", lambda: False)
+    """Run the test on each listening transport: "fastnet" makes every plain-TCP
+    server the test starts use aiofastnet's."""
+    if request.param == "fastnet":
+        resolve = bunws.fastnet.resolve
+        monkeypatch.setattr(bunws.fastnet, "resolve", lambda wanted, *, tls=False: resolve(wanted or (wanted is False and not tls), tls=tls))
     return request.param
 
 

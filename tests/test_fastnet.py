@@ -20,10 +20,6 @@ import bunws.fastnet
 from bunws import InvalidArgument, InvalidType
 from bunws.session import WebSocketSession
 
-pytestmark = pytest.mark.usefixtures("both_transports")
-
-HAVE_FASTNET = "fastnet" in TRANSPORTS
-
 
 def echo_handler(**options: object) -> tuple[bunws.WebSocketHandler, list[bunws.ServerWebSocket]]:
     sockets: list[bunws.ServerWebSocket] = []
@@ -35,27 +31,27 @@ def echo_handler(**options: object) -> tuple[bunws.WebSocketHandler, list[bunws.
 
 def test_resolve_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bunws.fastnet, "fast_transport_available", lambda: True)
-    assert bunws.fastnet.resolve(None) is True
     assert bunws.fastnet.resolve(True) is True
     assert bunws.fastnet.resolve(False) is False
-    assert bunws.fastnet.resolve(None, tls=True) is False  # TLS keeps asyncio's transports
+    assert bunws.fastnet.resolve(False, tls=True) is False
     with pytest.raises(InvalidArgument, match="TLS"):
-        bunws.fastnet.resolve(True, tls=True)
+        bunws.fastnet.resolve(True, tls=True)  # TLS keeps asyncio's transports
     monkeypatch.setattr(bunws.fastnet, "fast_transport_available", lambda: False)
-    assert bunws.fastnet.resolve(None) is False
+    assert bunws.fastnet.resolve(False) is False
     with pytest.raises(InvalidArgument, match=r"bunws\[fast\]"):
         bunws.fastnet.resolve(True)
-    for wrong in ("yes", 1, 0.0):
+    for wrong in ("yes", 1, 0.0, None):
         with pytest.raises(InvalidType, match="fast_transport"):
             bunws.fastnet.resolve(wrong)  # type: ignore[arg-type]
 
 
 async def test_serve_checks_fast_transport() -> None:
+    fetch = lambda req, server: bunws.Response("x")  # noqa: E731
     with pytest.raises(InvalidType):
-        await bunws.serve(lambda req, server: bunws.Response("x"), port=0, fast_transport="on")  # type: ignore[arg-type]
+        await bunws.serve(fetch, port=0, fast_transport="on")  # type: ignore[arg-type]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with pytest.raises(InvalidArgument):
-        await bunws.serve(lambda req, server: bunws.Response("x"), port=0, ssl=context, fast_transport=True)
+        await bunws.serve(fetch, port=0, ssl=context, fast_transport=True)
 
 
 async def test_reads_go_to_the_session_on_the_chosen_transport(both_transports: str) -> None:
@@ -80,6 +76,7 @@ async def test_reads_go_to_the_session_on_the_chosen_transport(both_transports: 
         client.close()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_frames_sent_with_the_handshake_come_first_then_the_rest() -> None:
     handler, sockets = echo_handler()
     async with running(handler) as server:
@@ -95,6 +92,7 @@ async def test_frames_sent_with_the_handshake_come_first_then_the_rest() -> None
         client.close()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_paused_socket_holds_reads_on_the_direct_path() -> None:
     got: list[bytes] = []
     sockets: list[bunws.ServerWebSocket] = []
@@ -115,6 +113,7 @@ async def test_paused_socket_holds_reads_on_the_direct_path() -> None:
         client.close()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_protocol_error_and_peer_close_on_the_direct_path() -> None:
     closes: list[tuple[int, str]] = []
     handler = bunws.WebSocketHandler(close=lambda ws, code, reason: closes.append((code, reason)))
@@ -128,6 +127,7 @@ async def test_protocol_error_and_peer_close_on_the_direct_path() -> None:
         client.close()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_idle_timeout_still_counts_reads_on_the_direct_path() -> None:
     closes: list[tuple[int, str]] = []
     sockets: list[bunws.ServerWebSocket] = []

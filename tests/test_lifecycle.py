@@ -21,6 +21,8 @@ from rawclient import RawClient
 
 import bunws
 
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 ASYNCIO_ONLY = pytest.mark.asyncio(loop_factories=["asyncio"])
 TIMEOUT_REASON = "WebSocket timed out from inactivity"
 

@@ -232,7 +232,7 @@ def test_compiled_counters_count_sends_and_fan_out() -> None:
     try:
         for _ in range(3):
             ws = WebSocketCore()
-            ws.attach(Sink(), loop, 0, False, lambda: None, counters=counters)
+            ws.attach(Sink(), loop, 0, False, lambda ws: None, counters=counters)
             sockets.append(ws)
         assert sockets[0].counters is counters
         assert sockets[0].send("abc") == 3

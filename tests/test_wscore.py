@@ -113,7 +113,7 @@ def core(
     ws = WebSocketCore()
     ws.attach(
         transport if transport is not None else Transport(), loop or FakeLoop(), limit,
-        close_on_limit, on_over_limit or (lambda: None), deflater, shared_deflate,
+        close_on_limit, on_over_limit or (lambda ws: None), deflater, shared_deflate,
     )
     return ws
 
@@ -246,8 +246,8 @@ def test_without_close_on_limit_sends_work_again_after_the_drain() -> None:
 
 def test_close_on_limit_calls_on_over_limit_soon_exactly_once_and_drops_later_sends() -> None:
     t, loop = Transport(), FakeLoop()
-    calls: list[int] = []
-    ws = core(t, limit=10, close_on_limit=True, loop=loop, on_over_limit=lambda: calls.append(1))
+    calls: list[Any] = []
+    ws = core(t, limit=10, close_on_limit=True, loop=loop, on_over_limit=lambda ws: calls.append(ws))
     ws.transport_paused()
     t.backlog = 11
     assert ws.send(b"x") == 0
@@ -255,27 +255,27 @@ def test_close_on_limit_calls_on_over_limit_soon_exactly_once_and_drops_later_se
     assert ws.send(b"y") == 0
     assert ws.pong() == 0
     loop.run()
-    assert calls == [1]
+    assert calls == [ws]  # called with the socket
     # Even once the transport drained, the socket stays doomed.
     t.backlog = 0
     ws.transport_resumed()
     assert ws.send(b"z") == 0
     loop.run()
-    assert calls == [1]
+    assert calls == [ws]
     assert t.writes == 0
 
 
 async def test_close_on_limit_callback_runs_on_the_real_loop() -> None:
     t = Transport()
-    calls: list[int] = []
+    calls: list[Any] = []
     ws = core(t, limit=1, close_on_limit=True, loop=asyncio.get_running_loop(),
-              on_over_limit=lambda: calls.append(1))
+              on_over_limit=lambda ws: calls.append(ws))
     ws.transport_paused()
     t.backlog = 2
     assert ws.send("x") == 0
     assert calls == []
     await asyncio.sleep(0)
-    assert calls == [1]
+    assert calls == [ws]
 
 
 def test_keepalive_ping_is_not_subject_to_the_limit() -> None:
@@ -611,16 +611,16 @@ def test_fan_out_is_minus_1_when_a_receiver_is_buffering() -> None:
 
 def test_fan_out_is_0_when_any_receiver_is_over_its_limit_but_the_others_get_it() -> None:
     t1, t2, loop = Transport(), Transport(), FakeLoop()
-    calls: list[int] = []
+    calls: list[Any] = []
     a = core(t1)
-    b = core(t2, limit=5, close_on_limit=True, loop=loop, on_over_limit=lambda: calls.append(1))
+    b = core(t2, limit=5, close_on_limit=True, loop=loop, on_over_limit=lambda ws: calls.append(ws))
     b.transport_paused()
     t2.backlog = 6
     pending: list[Any] = []
     assert fan_out({a: None, b: None}, TEXT, b"hi", False, None, pending) == 0
     assert fan_out({a: None, b: None}, TEXT, b"ho", False, None, pending) == 0
     loop.run()
-    assert calls == [1]
+    assert calls == [b]
     flush_queued(pending)
     assert t1.frames() == [(TEXT, b"hi"), (TEXT, b"ho")]
     assert t2.writes == 0

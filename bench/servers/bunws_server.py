@@ -7,7 +7,8 @@ mode) and echo replies are then sent compressed;
 ``DEFLATE=dedicated`` uses a dedicated compressor and decompressor per socket
 (accepts the peer's window-bit parameters); unset, empty or ``0`` is off, any
 other value is an error; ``MAX_PAYLOAD`` sets
-``max_payload_length``; ``UVLOOP=1`` runs on uvloop. No pings, no idle timeout.
+``max_payload_length``; ``UVLOOP=1`` runs on uvloop; ``FAST_TRANSPORT=1`` listens
+through aiofastnet (``fast_transport=True``). No pings, no idle timeout.
 Plain HTTP requests get 200 (readiness check).
 """
 
@@ -72,6 +73,7 @@ def main() -> None:
         uvloop=os.environ.get("UVLOOP") == "1",
         backlog=4096,
         max_pending_handshakes=100_000,
+        fast_transport=os.environ.get("FAST_TRANSPORT") == "1",
     )
 
 
