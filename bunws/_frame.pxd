@@ -53,7 +53,7 @@ cdef class FrameParser:
     cdef uint8_t *f_dst           # where payload byte 0 goes
     cdef Py_ssize_t f_cap         # payload bytes f_dst has room for (grows up to f_len)
     cdef object f_obj             # bytes being filled (SINK_BYTES / SINK_FRAME)
-    cdef uint8_t ctrl[128]
+    cdef uint8_t *ctrl            # control frame payload (CTRL_CAP bytes, made on first use)
     # current data message
     cdef bint m_open
     cdef uint8_t m_opcode

@@ -224,6 +224,8 @@ cdef str R_LENGTH = "Received invalid frame length"
 # The reassembly buffer is released after a message larger than this, so an idle
 # connection does not keep a max_payload_length-sized buffer alive.
 cdef Py_ssize_t KEEP_MSG_BUFFER = 65536
+# A control frame's payload is at most 125 bytes (RFC 6455 §5.5).
+cdef Py_ssize_t CTRL_CAP = 128
 # A frame longer than this that has not fully arrived starts with room for twice
 # what arrived (at least this much) and grows as more comes.
 cdef Py_ssize_t GROW_CHUNK = 65536
@@ -336,6 +338,9 @@ cdef class FrameParser:
         if self.msg != NULL:
             PyMem_Free(self.msg)
             self.msg = NULL
+        if self.ctrl != NULL:
+            PyMem_Free(self.ctrl)
+            self.ctrl = NULL
 
     @property
     def failed(self):
@@ -548,6 +553,11 @@ cdef class FrameParser:
             return self._fail(1002, R_CTRL_BIG)
         if not self.f_fin:
             return self._fail(1002, R_CTRL_FRAG)
+        if self.ctrl == NULL:
+            # Made on the first control frame: most idle sockets never see one.
+            self.ctrl = <uint8_t *>PyMem_Malloc(CTRL_CAP)
+            if self.ctrl == NULL:
+                raise MemoryError()
         self.sink = SINK_CTRL
         self.f_dst = self.ctrl
         self.f_cap = self.f_len
