@@ -286,10 +286,11 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
         idle = handler.idle_timeout
         if not idle or self.paused:
             return
-        silence = now - self.last_inbound
-        if silence >= idle:
+        # Deadlines as sums, not `now - last >= idle`: (t + 8) - t can round below 8.
+        last = self.last_inbound
+        if now >= last + idle:
             self.abort(1006, _TIMEOUT_REASON)
-        elif handler.send_pings and not self.ping_sent and silence >= idle - self.server.ping_margin:
+        elif handler.send_pings and not self.ping_sent and now >= last + (idle - self.server.ping_margin):
             self.ping_sent = True
             ws.send_keepalive()
 

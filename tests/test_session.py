@@ -289,6 +289,17 @@ async def test_send_pings_false_still_times_out_and_zero_never_does() -> None:
     assert frames(t2) == [] and not t2.closing
 
 
+async def test_the_idle_deadline_holds_when_the_clock_has_not_moved() -> None:
+    # A millisecond clock (uvloop) often reads the same instant again, and
+    # (t + 8) - t rounds below 8 for such a t: the deadline must still hold.
+    t_same = next(x / 1000 for x in range(1_000_000, 1_100_000) if (x / 1000 + 8) - x / 1000 < 8)
+    app = App()
+    server, conn, t, ws = open_ws(app.handler(idle_timeout=8, send_pings=False))
+    conn.session.last_inbound = t_same
+    conn.session.check_timers(t_same + 8)
+    assert t.aborted
+
+
 async def test_a_paused_socket_is_not_reaped() -> None:
     app = App()
     server, conn, t, ws = open_ws(app.handler(idle_timeout=8))
