@@ -18,6 +18,7 @@ from typing import Any
 
 from .asgi_http import ASGI_VERSION, HTTPCycle
 from .asgi_websocket import (
+    RECEIVE_QUEUE,
     TOPIC_EXTENSIONS,
     Topics,
     WebSocketBridge,
@@ -145,6 +146,8 @@ class ASGIFetch:
         send_limit: int = SEND_LIMIT,
         state: dict[str, Any] | None = None,
         accept_headers: list[tuple[bytes, bytes]] | None = None,
+        receive_window: int = RECEIVE_QUEUE,
+        hang_up_on_app_end: bool = False,
     ) -> None:
         if not callable(app):
             raise InvalidType("app must be an ASGI callable")
@@ -159,6 +162,8 @@ class ASGIFetch:
         self.send_limit = send_limit
         self.state = state
         self.accept_headers = accept_headers or []  # added to every 101 (uvicorn's Server, Date)
+        self.receive_window = receive_window
+        self.hang_up_on_app_end = hang_up_on_app_end
         self._server_topics: Topics | None = None
         self._started: asyncio.Future[None] | None = None  # set while lifespan startup runs
 
@@ -224,7 +229,8 @@ class ASGIFetch:
         problem = handshake_problem(req)
         if problem is not None:
             return problem
-        bridge = WebSocketBridge(req, server, self.send_limit, self.accept_headers)
+        bridge = WebSocketBridge(
+            req, server, self.send_limit, self.accept_headers, self.receive_window, self.hang_up_on_app_end)
         extensions: dict[str, Any] = {"websocket.http.response": {}}
         for name in TOPIC_EXTENSIONS:
             extensions[name] = {}

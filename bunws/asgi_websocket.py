@@ -100,13 +100,16 @@ class WebSocketBridge:
     __slots__ = (
         "req", "server", "send_limit", "ws", "decision", "inbox", "waiter", "state",
         "denial", "denial_body", "close_code", "connect_sent", "topics", "send_waiter", "accept_headers", "closed_here",
-        "loop",
+        "loop", "receive_window", "hang_up_on_end",
     )
 
     def __init__(
         self, req: Request, server: Server, send_limit: int, accept_headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+        receive_window: int = RECEIVE_QUEUE, hang_up_on_end: bool = False,
     ) -> None:
         self.req = req
+        self.receive_window = receive_window  # unreceived messages held before reading pauses
+        self.hang_up_on_end = hang_up_on_end  # an app that ends early: drop TCP, no Close frame
         self.accept_headers = accept_headers
         self.closed_here = False  # the close started on this side (no peer reason to report)
         self.server = server
@@ -154,7 +157,10 @@ class WebSocketBridge:
                 logger.error("ASGI app raised on a WebSocket %s", self.req.target, exc_info=exc)
             self._decide(self._answer_after_error())
             if self.ws is not None and self.ws.ready_state == 1:
-                self.ws.close(1011, "Internal error")
+                if self.hang_up_on_end:
+                    self.req.connection.session.hang_up()
+                else:
+                    self.ws.close(1011, "Internal error")
             return
         if self.state == "connecting":
             if self.denial is None:
@@ -164,6 +170,8 @@ class WebSocketBridge:
             if result is not None:  # not an ASGI app: no orderly close for what it did
                 logger.error("ASGI app returned %r instead of None on %s", result, self.req.target)
                 self.ws.terminate()
+            elif self.hang_up_on_end:
+                self.req.connection.session.hang_up()
             else:
                 self.close(1000)
 
@@ -207,7 +215,7 @@ class WebSocketBridge:
                     self.waiter = None
         message = inbox.popleft()
         ws = self.ws
-        if ws is not None and ws.is_paused and len(inbox) < RECEIVE_QUEUE // 2:
+        if ws is not None and ws.is_paused and len(inbox) < max(1, self.receive_window // 2):
             ws.resume()
         return message
 
@@ -233,7 +241,7 @@ class WebSocketBridge:
         else:
             message = {"type": "websocket.receive", "bytes": data if type(data) is bytes else bytes(data)}
         self._push(message)
-        if len(self.inbox) >= RECEIVE_QUEUE:
+        if len(self.inbox) >= self.receive_window:
             ws.pause()
 
     def closed(self, code: int, reason: str) -> None:

@@ -176,6 +176,17 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
         self.transport.abort()
         self._finish(code, reason)
 
+    def hang_up(self) -> None:
+        """End TCP once what is queued is written, without a Close frame (the
+        ``close`` handler gets 1006): uvicorn's end for an app that stops early."""
+        if self.state is not SessionState.OPEN:
+            return
+        self.ws.flush()
+        self.parser = None  # nothing more is read: the peer's frames are not answered
+        self._closing()  # close_timeout bounds the flush
+        self.transport.close()
+        self._finish(1006, "")
+
     def _closing(self) -> None:
         self.state = SessionState.CLOSING
         self.deadline = self.server.clock() + self.server.close_timeout

@@ -6,7 +6,8 @@ app through the same ASGI bridge as :func:`bunws.serve_asgi`
 (:mod:`bunws.asgi_websocket`): the compiled frame core, permessage-deflate, flow
 control and the close handshake are bunws's, with uvicorn's choices where they are
 as correct (the peer's Close awaited on an open connection, ``send`` waiting while
-the transport holds unsent bytes, its keepalive, ``date_header``). Per uvicorn
+the transport holds unsent bytes, reads paused while one message waits, no Close
+frame for an app that ends without one, its keepalive, ``date_header``). Per uvicorn
 ``Config`` there is one bunws engine (a :class:`~bunws.Server` that never listens;
 uvicorn accepts).
 """
@@ -81,6 +82,10 @@ def engine(config: Any, server_state: Any, app_state: dict[str, Any]) -> Server:
         # uvicorn's flow control: send waits while the transport holds unsent bytes
         # (it pauses the protocol as soon as one waits).
         send_limit=0,
+        # uvicorn's flow control on reads too: pause while one message waits for the
+        # app; and an app that ends (or fails) without websocket.close drops the TCP
+        # connection, no Close frame, as uvicorn's classes do.
+        receive_window=1, hang_up_on_app_end=True,
         # bunws writes its own Date in the 101; uvicorn's other defaults (Server) are kept.
         accept_headers=[(k, v) for k, v in getattr(server_state, "default_headers", []) if bytes(k).lower() != b"date"],
     )

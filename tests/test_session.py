@@ -588,3 +588,15 @@ async def test_open_runs_corked() -> None:
     assert writes[0].startswith(b"HTTP/1.1 101")
     assert raw_frames(writes[1]) == [(wire.TEXT, b"0"), (wire.TEXT, b"1"), (wire.TEXT, b"2")]
     assert len(writes) == 2
+
+
+async def test_hang_up_writes_what_is_queued_then_closes_tcp_without_a_close_frame() -> None:
+    app = App()
+    server, conn, t, ws = open_ws(app.handler())
+    ws.send_text("queued")
+    conn.session.hang_up()
+    assert frames(t) == [(wire.TEXT, b"queued")]
+    assert t.closing and not t.aborted
+    assert ws.ready_state == 3 and app.closes() == [("close", 1006, "")]
+    conn.session.hang_up()  # once only
+    assert app.closes() == [("close", 1006, "")]

@@ -30,6 +30,7 @@ uvicorn = pytest.importorskip("uvicorn")
 import wire  # noqa: E402
 from installs import one_at_a_time  # noqa: E402
 from redis_server import free_port  # noqa: E402
+import websockets.exceptions  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,18 +77,12 @@ async def test_uvicorn_serves_websockets_through_bunws() -> None:
         await asyncio.wait_for(task, 15)
 
 
-# The cases of uvicorn 0.54.0's module where bunws differs on purpose (each fails
-# under both HTTP fronts, httptools and h11).
+# The cases of uvicorn 0.54.0's module where bunws differs (each fails under both
+# HTTP fronts, httptools and h11).
 KNOWN_DIFFERENCES = {
     # The test asserts the class is one of uvicorn's own two.
     "test_server_keepalive_ping_pong": "isinstance against uvicorn's classes",
     "test_server_keepalive_disabled": "isinstance against uvicorn's classes",
-    # An app that fails after accepting (here: a second websocket.accept) gets 1011.
-    "test_duplicate_handshake": "1011 Close frame, not a dropped connection (1006)",
-    # An app that returns without websocket.close gets a 1000 close handshake.
-    "test_close_transport_on_asgi_return": "1000 Close frame, not a dropped connection (1006)",
-    # Reading pauses after RECEIVE_QUEUE (16) unreceived messages, not after one.
-    "test_close_resumes_reads_paused_on_an_unconsumed_message": "reads pause after 16 queued messages",
 }
 SUITE_SECONDS = 300  # the run takes about 30 s alone; two busy workers may triple it
 
@@ -239,3 +234,26 @@ async def test_uvicorns_date_header_option_decides_the_101s_date(date_header: bo
     assert head.startswith(b"HTTP/1.1 101")
     dates = [line for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
     assert len(dates) == (1 if date_header else 0)
+
+
+@ASYNCIO_ONLY
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+async def test_an_app_that_ends_without_closing_drops_tcp_after_its_last_message_as_uvicorn_does(ending: str) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "last words"})
+        if ending == "raises":
+            raise RuntimeError("the app failed")
+
+    server, task, port = await started_uvicorn(app)
+    try:
+        async with asyncio.timeout(10):
+            async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                assert await ws.recv() == "last words"  # written before the drop
+                with pytest.raises(websockets.exceptions.ConnectionClosedError):
+                    await ws.recv()
+            assert ws.close_code == 1006 and ws.protocol.close_rcvd is None  # no Close frame came
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
