@@ -92,7 +92,7 @@ class Server:
         self.hostname = hostname
         self._requested_port = port
         self.ssl = ssl
-        self._scheme = "https" if ssl else "http"
+        self.scheme = "https" if ssl else "http"  # of this server's URLs
         self.reuse_port = reuse_port
         self.backlog = backlog
         self.handshake_timeout = positive_number("handshake_timeout", handshake_timeout)
@@ -113,15 +113,19 @@ class Server:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._all_gone: asyncio.Event | None = None
+        # The engine interface (what connections and sessions use, read per request
+        # and per read) is plain attributes: a property costs a Python call each time.
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.loop = self._loop  # the event loop the server runs on
         self.clock = self._loop.time  # one bound method shared by every connection
         self.recorder = StatsRecorder()  # what stats() reports; the sockets count into it
+        self.counters = self.recorder.counters  # the compiled Counters every socket counts into
         self.pubsub = PubSub(self._loop, self.recorder)
         self._loop_thread = threading.get_ident()
         self._threadsafe = ThreadsafePublisher(self.pubsub, self._loop, THREADSAFE_LIMIT)
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
-        self._receive_buffer = memoryview(bytearray(256 * 1024))
+        self.receive_buffer = memoryview(bytearray(256 * 1024))
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
         self._aio_server: asyncio.base_events.Server | None = None
@@ -181,29 +185,14 @@ class Server:
         host = self.hostname
         if ":" in host:
             host = f"[{host}]"
-        return f"{self._scheme}://{host}:{self.port}/"
+        return f"{self.scheme}://{host}:{self.port}/"
 
     # ------------------------------------------------------------------ engine interface
     # What connections and sessions use; applications have no need for these.
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the server runs on."""
-        return self._loop
-
-    @property
-    def receive_buffer(self) -> memoryview:
-        """The one buffer every connection reads into (each copies what it keeps)."""
-        return self._receive_buffer
-
-    @property
     def websocket_handler(self) -> WebSocketHandler:
         """The :class:`~bunws.WebSocketHandler` given to ``serve``."""
         return self._websocket
-
-    @property
-    def scheme(self) -> str:
-        """``"https"`` with ``ssl=``, else ``"http"``."""
-        return self._scheme
 
     @property
     def stopping(self) -> bool:
@@ -221,11 +210,6 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    @property
-    def counters(self) -> Any:
-        """The compiled :class:`bunws._wscore.Counters` every socket counts into."""
-        return self.recorder.counters
 
     def admit(self, conn: Connection) -> bool:
         """A new connection: counted, and whether the limits let it in."""
