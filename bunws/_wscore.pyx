@@ -41,6 +41,7 @@ from bunws._frame cimport (
 
 import asyncio
 import enum
+import time
 
 from bunws._frame import encode_close
 from bunws.errors import InvalidArgument, InvalidType, WrongThreadError
@@ -592,12 +593,12 @@ cdef class SessionCore:
 
     def setup(self, WebSocketCore ws, parser, receive_buffer, clock, message, bint async_message):
         """Wire the read path (once, by the session's constructor). ``clock`` is
-        the loop's ``time``: the stock loop's is read in C, the same clock."""
+        the server's: the stock loop's (``time.monotonic``) is read in C, the same clock."""
         self.ws = ws
         self.parser = parser
         self.receive_buffer = receive_buffer
         self.state = STATE_OPEN
-        if getattr(clock, "__func__", None) is STOCK_TIME:
+        if clock is time.monotonic or getattr(clock, "__func__", None) is STOCK_TIME:
             clock = None
         self.clock = clock
         self.message = message

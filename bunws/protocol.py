@@ -583,7 +583,8 @@ class Connection(asyncio.BufferedProtocol):
             except Exception as exc:
                 self._fetch_failed(req, exc)
                 continue
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            if type(result) is not Response and result is not None and (
+                    asyncio.iscoroutine(result) or isinstance(result, asyncio.Future)):
                 self._fetch_running = True
                 server.create_task(self._await_fetch(req, result, keep_alive))
                 return

@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl as _ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -110,14 +111,17 @@ class Server:
         self._http_connections = 0
         self._pending_websockets = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stopping = False
+        self.stopping = False  # stop() has begun: new connections and handshakes are refused
         self._stopped = asyncio.Event()
         self._all_gone: asyncio.Event | None = None
         # The engine interface (what connections and sessions use, read per request
         # and per read) is plain attributes: a property costs a Python call each time.
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.loop = self._loop  # the event loop the server runs on
-        self.clock = self._loop.time  # one bound method shared by every connection
+        # One clock for every connection; the stock loop's time() is a Python frame
+        # around time.monotonic(), so that is called directly.
+        stock = type(self._loop).time is asyncio.BaseEventLoop.time
+        self.clock = time.monotonic if stock else self._loop.time
         self.recorder = StatsRecorder()  # what stats() reports; the sockets count into it
         self.counters = self.recorder.counters  # the compiled Counters every socket counts into
         self.pubsub = PubSub(self._loop, self.recorder)
@@ -195,11 +199,6 @@ class Server:
         return self._websocket
 
     @property
-    def stopping(self) -> bool:
-        """``stop()`` has begun: new connections and handshakes are refused."""
-        return self._stopping
-
-    @property
     def ping_margin(self) -> int:
         """Seconds between the keep-alive ping and the idle timeout."""
         return self._ping_margin
@@ -214,7 +213,7 @@ class Server:
     def admit(self, conn: Connection) -> bool:
         """A new connection: counted, and whether the limits let it in."""
         self._connections[conn] = None
-        if self._stopping or (
+        if self.stopping or (
             self.max_connections is not None and len(self._connections) > self.max_connections
         ) or self._http_connections >= self.max_pending_handshakes:
             self.recorder.rejected(503)
@@ -270,10 +269,10 @@ class Server:
         then aborts whatever is left. ``stop(True)`` does not wait for the answers.
         In-flight handshakes are answered 503.
         """
-        if self._stopping:
+        if self.stopping:
             await self._stopped.wait()
             return
-        self._stopping = True
+        self.stopping = True
         self._threadsafe.close()
         if self._aio_server is not None:
             self._aio_server.close()
@@ -361,7 +360,7 @@ class Server:
         user_headers = header_pairs(headers)
         try:
             key = check_upgrade_request(req)
-            if self._stopping:
+            if self.stopping:
                 raise HandshakeError(503, "server is shutting down")
             self._check_origin(req)
         except HandshakeError as exc:
@@ -443,7 +442,7 @@ class Server:
         if compress is not True:
             check_compress(compress)
         opcode, payload = encode_message(data)
-        if self._stopping:
+        if self.stopping:
             raise ClosedError("the server is stopping")
         return self._threadsafe.publish(topic, opcode, payload, compress)
 
