@@ -343,7 +343,7 @@ def check_host(headers: Iterable[tuple[str, str]], http_version: str) -> str | N
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
     digest = hashlib.sha1(key.encode("ascii") + _WS_GUID).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")  # b64encode's core, one frame less
 
 
 def check_upgrade_request(req: Request) -> str:
