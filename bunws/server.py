@@ -120,8 +120,9 @@ class Server:
         self.loop = self._loop  # the event loop the server runs on
         # One clock for every connection; the stock loop's time() is a Python frame
         # around time.monotonic(), so that is called directly.
-        stock = type(self._loop).time is asyncio.BaseEventLoop.time
-        self.clock = time.monotonic if stock else self._loop.time
+        loop_time = self._loop.time
+        stock = getattr(loop_time, "__func__", None) is asyncio.BaseEventLoop.time
+        self.clock = time.monotonic if stock else loop_time
         self.recorder = StatsRecorder()  # what stats() reports; the sockets count into it
         self.counters = self.recorder.counters  # the compiled Counters every socket counts into
         self.pubsub = PubSub(self._loop, self.recorder)

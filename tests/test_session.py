@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -600,3 +601,14 @@ async def test_hang_up_writes_what_is_queued_then_closes_tcp_without_a_close_fra
     assert ws.ready_state == 3 and app.closes() == [("close", 1006, "")]
     conn.session.hang_up()  # once only
     assert app.closes() == [("close", 1006, "")]
+
+
+async def test_the_server_clock_is_the_loops_and_skips_the_stock_wrapper() -> None:
+    loop = asyncio.get_running_loop()
+    server, conn, t, ws = open_ws(App().handler())
+    if getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time:
+        assert server.clock is time.monotonic  # what BaseEventLoop.time returns, minus a frame
+    else:
+        assert server.clock == loop.time  # uvloop's own
+    assert abs(server.clock() - loop.time()) < 0.5
+    assert abs(conn.session.now() - loop.time()) < 0.5  # the compiled session reads the same clock
