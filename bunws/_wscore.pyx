@@ -39,7 +39,6 @@ from bunws._frame cimport (
     TEXT, BINARY, CLOSE, PING, PONG, PROTOCOL_ERROR,
 )
 
-import asyncio
 import enum
 import time
 
@@ -569,7 +568,6 @@ class SessionState(enum.IntEnum):
 
 
 cdef object STATE_OPEN = SessionState.OPEN
-cdef object STOCK_TIME = asyncio.BaseEventLoop.time
 cdef object STATE_CLOSING = SessionState.CLOSING
 
 
@@ -593,12 +591,12 @@ cdef class SessionCore:
 
     def setup(self, WebSocketCore ws, parser, receive_buffer, clock, message, bint async_message):
         """Wire the read path (once, by the session's constructor). ``clock`` is
-        the server's: the stock loop's (``time.monotonic``) is read in C, the same clock."""
+        the server's: on the stock loop ``time.monotonic``, which is read in C."""
         self.ws = ws
         self.parser = parser
         self.receive_buffer = receive_buffer
         self.state = STATE_OPEN
-        if clock is time.monotonic or getattr(clock, "__func__", None) is STOCK_TIME:
+        if clock is time.monotonic:
             clock = None
         self.clock = clock
         self.message = message

@@ -116,18 +116,17 @@ class Server:
         self._all_gone: asyncio.Event | None = None
         # The engine interface (what connections and sessions use, read per request
         # and per read) is plain attributes: a property costs a Python call each time.
-        self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
-        self.loop = self._loop  # the event loop the server runs on
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()  # the loop the server runs on
         # One clock for every connection; the stock loop's time() is a Python frame
         # around time.monotonic(), so that is called directly.
-        loop_time = self._loop.time
+        loop_time = self.loop.time
         stock = getattr(loop_time, "__func__", None) is asyncio.BaseEventLoop.time
         self.clock = time.monotonic if stock else loop_time
         self.recorder = StatsRecorder()  # what stats() reports; the sockets count into it
         self.counters = self.recorder.counters  # the compiled Counters every socket counts into
-        self.pubsub = PubSub(self._loop, self.recorder)
+        self.pubsub = PubSub(self.loop, self.recorder)
         self._loop_thread = threading.get_ident()
-        self._threadsafe = ThreadsafePublisher(self.pubsub, self._loop, THREADSAFE_LIMIT)
+        self._threadsafe = ThreadsafePublisher(self.pubsub, self.loop, THREADSAFE_LIMIT)
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
         self.receive_buffer = memoryview(bytearray(256 * 1024))
@@ -141,7 +140,7 @@ class Server:
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, sock: socket.socket | None = None) -> None:
         """Start listening (``serve()`` calls it once)."""
-        loop = self._loop
+        loop = self.loop
         # TLS is not handed to create_server: each Connection starts it after the
         # accept, so a handshake in progress counts against max_pending_handshakes.
         kwargs: dict[str, Any] = dict(backlog=self.backlog)
@@ -165,10 +164,10 @@ class Server:
         """Run the timeout tick without listening: for a server whose connections
         another server accepts (``bunws.uvicorn``)."""
         if self._tick_handle is None:
-            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+            self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
 
     def _tick(self) -> None:
-        now = self._loop.time()
+        now = self.loop.time()
         # The tick's own lateness is the loop lag stats() reports.
         self.recorder.tick_drift(now - self._tick_due)
         try:
@@ -181,8 +180,8 @@ class Server:
                     logger.exception("timer check failed for %r", conn)
         finally:
             if not self._stopped.is_set():
-                self._tick_due = self._loop.time() + TICK_SECONDS
-                self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+                self._tick_due = self.loop.time() + TICK_SECONDS
+                self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
 
     @property
     def url(self) -> str:
@@ -206,7 +205,7 @@ class Server:
 
     def create_task(self, coro: Any) -> asyncio.Task[Any]:
         """A task the server keeps a reference to until it is done."""
-        task = self._loop.create_task(coro)
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -104,6 +104,7 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """The TCP connection is gone."""
         self.conn.connection_lost(exc)
+
     def closing_data(self, data: bytes | bytearray | memoryview) -> None:
         """After our Close: ignore data frames, end TCP on the peer's Close."""
         self.ws.counters.bytes_received += len(data)
