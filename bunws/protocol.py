@@ -823,13 +823,18 @@ class Connection(asyncio.BufferedProtocol):
             self._hand_reads_to(session)
 
     # ================================================================ timers
-    def check_timers(self, now: float) -> None:
-        """Called by the server tick: the HTTP deadlines here, the session's there."""
+    def check_timers(self, now: float) -> float | None:
+        """Called by the server tick: the HTTP deadlines here, the session's there.
+        Returns when the tick must look next (None: not until something changes)."""
         if self.phase is WEBSOCKET:
-            if self.session is not None:
-                self.session.check_timers(now)
-        elif self.phase is HTTP:
+            session = self.session
+            return None if session is None else session.check_timers(now)
+        if self.phase is HTTP:
             self._check_http_timers(now)
+            # Every tick while in HTTP: it watches the client read its answers.
+            # Admission bounds these connections (max_pending_handshakes).
+            return now if self.phase is HTTP else None
+        return None
 
     def _check_http_timers(self, now: float) -> None:
         """``handshake_timeout`` bounds each wait for the client: for its next request,

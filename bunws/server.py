@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl as _ssl
 import threading
@@ -35,14 +36,15 @@ from .protocol import Connection
 from .pubsub import PubSub, ThreadsafePublisher, encode_message
 from .session import WebSocketSession
 from .stats import StatsRecorder
+from .timers import TimerWheel
 
 __all__ = ["Server", "serve", "run"]
 
 logger = logging.getLogger("bunws")
 
 # The clock tick driving every timeout. Bun's uSockets ticks every 4 s; a finer tick
-# keeps our timeouts within half a second at a cost of one pass over the
-# connections per tick (about 2 ms per 10 000 connections).
+# keeps our timeouts within half a second, and a tick looks only at the connections
+# whose deadline is due (bunws.timers).
 TICK_SECONDS = 0.5
 
 # Bytes that publish_threadsafe() may have waiting for the loop before it refuses.
@@ -130,6 +132,7 @@ class Server:
         # Every connection's reads land here (Connection.get_buffer); 256 KiB is
         # asyncio's own read size.
         self.receive_buffer = memoryview(bytearray(256 * 1024))
+        self.timers = TimerWheel(TICK_SECONDS)  # which connections the tick looks at, when
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
         self._aio_server: asyncio.base_events.Server | None = None
@@ -157,31 +160,40 @@ class Server:
             )
         sockname = self._aio_server.sockets[0].getsockname()
         self.port = sockname[1]
-        self._tick_due = loop.time() + TICK_SECONDS
-        self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
+        self._schedule_tick()
 
     def start_timers(self) -> None:
         """Run the timeout tick without listening: for a server whose connections
         another server accepts (``bunws.uvicorn``)."""
         if self._tick_handle is None:
-            self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
+            self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        # On the wheel's tick boundaries, so a tick pops exactly its own tick's bucket.
+        tick = self.timers.tick
+        self._tick_due = (math.floor(self.clock() / tick) + 1) * tick
+        self._tick_handle = self.loop.call_at(self._tick_due, self._tick)
 
     def _tick(self) -> None:
-        now = self.loop.time()
+        now = self.clock()
         # The tick's own lateness is the loop lag stats() reports.
         self.recorder.tick_drift(now - self._tick_due)
+        timers, connections = self.timers, self._connections
         try:
-            for conn in list(self._connections):
+            # A loop clock may run the tick a hair before its time: it still pops its tick.
+            for conn in timers.pop_due(max(now, self._tick_due)):
                 try:
-                    conn.check_timers(now)
+                    when = conn.check_timers(now)
                 except Exception:
                     # One connection's failure (say, a backplane's unsubscribe raising
                     # while an idle socket is reaped) must not stop every timeout.
                     logger.exception("timer check failed for %r", conn)
+                    when = now  # look again at the next tick
+                if conn in connections:
+                    timers.schedule(conn, when)
         finally:
             if not self._stopped.is_set():
-                self._tick_due = self.loop.time() + TICK_SECONDS
-                self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
+                self._schedule_tick()
 
     @property
     def url(self) -> str:
@@ -213,6 +225,7 @@ class Server:
     def admit(self, conn: Connection) -> bool:
         """A new connection: counted, and whether the limits let it in."""
         self._connections[conn] = None
+        self.timers.soon(conn)
         if self.stopping or (
             self.max_connections is not None and len(self._connections) > self.max_connections
         ) or self._http_connections >= self.max_pending_handshakes:
@@ -241,6 +254,7 @@ class Server:
         if conn not in self._connections:
             return
         del self._connections[conn]
+        self.timers.cancel(conn)
         if in_http:
             self._http_connections -= 1
         if self._all_gone is not None and not self._connections:

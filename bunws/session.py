@@ -191,6 +191,7 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
     def _closing(self) -> None:
         self.state = SessionState.CLOSING
         self.deadline = self.server.clock() + self.server.close_timeout
+        self._refile_timers()
         # A paused socket must still read the peer's Close answer and its FIN.
         self.conn.update_reading()
 
@@ -237,6 +238,7 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
     def transport_paused(self) -> None:
         """The transport is full: sends report -1 from now on."""
         self.ws.transport_paused()
+        self._refile_timers()
 
     def transport_resumed(self) -> None:
         """The transport drained: send the pong kept back, then run ``drain``."""
@@ -266,6 +268,7 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
         self.last_inbound = self.server.clock()
         if self.state is not SessionState.OPEN:
             return
+        self._refile_timers()
         self.conn.update_reading()
         if self.backlog:
             # Not inside the caller's stack (resume() may be called from a handler).
@@ -283,28 +286,51 @@ class WebSocketSession(SessionCore, asyncio.BufferedProtocol):
             dispatch(self.ws, backlog, self)
 
     # ================================================================ timers
-    def check_timers(self, now: float) -> None:
-        """Called by the server tick: idle/ping and close-handshake deadlines."""
+    def check_timers(self, now: float) -> float | None:
+        """Called by the server tick: idle/ping and close-handshake deadlines.
+        Returns when the tick must look next (:meth:`next_check`)."""
         if self.state is SessionState.CLOSING:
             if now >= self.deadline:
                 self.transport.abort()
-            return
-        if self.state is not SessionState.OPEN:
-            return
-        ws = self.ws
-        if ws.write_paused and not self.transport.get_write_buffer_size():
-            self.transport_resumed()  # a transport that never resumed us: drain anyway
+                return None
+        elif self.state is SessionState.OPEN:
+            ws = self.ws
+            if ws.write_paused and not self.transport.get_write_buffer_size():
+                self.transport_resumed()  # a transport that never resumed us: drain anyway
+            handler = self.handler
+            idle = handler.idle_timeout
+            if idle and not self.paused and self.state is SessionState.OPEN:
+                # Deadlines as sums, not `now - last >= idle`: (t + 8) - t can round below 8.
+                last = self.last_inbound
+                if now >= last + idle:
+                    self.abort(1006, _TIMEOUT_REASON)
+                elif handler.send_pings and not self.ping_sent and now >= last + (idle - self.server.ping_margin):
+                    self.ping_sent = True
+                    ws.send_keepalive()
+        return self.next_check(now)
+
+    def next_check(self, now: float) -> float | None:
+        """When the server tick must look at this session next: the close deadline,
+        the next tick while writing is stalled, the ping or idle deadline, or None
+        (nothing can expire until something changes, and that re-files it)."""
+        state = self.state
+        if state is SessionState.CLOSING:
+            return self.deadline
+        if state is not SessionState.OPEN:
+            return None
+        if self.ws.write_paused:
+            return now  # polled: a transport that never calls resume_writing
         handler = self.handler
         idle = handler.idle_timeout
         if not idle or self.paused:
-            return
-        # Deadlines as sums, not `now - last >= idle`: (t + 8) - t can round below 8.
-        last = self.last_inbound
-        if now >= last + idle:
-            self.abort(1006, _TIMEOUT_REASON)
-        elif handler.send_pings and not self.ping_sent and now >= last + (idle - self.server.ping_margin):
-            self.ping_sent = True
-            ws.send_keepalive()
+            return None
+        if handler.send_pings and not self.ping_sent:
+            return self.last_inbound + (idle - self.server.ping_margin)
+        return self.last_inbound + idle
+
+    def _refile_timers(self) -> None:
+        """A deadline moved earlier: tell the server's tick (later ones need not)."""
+        self.server.timers.schedule(self.conn, self.next_check(self.server.clock()))
 
     # ================================================================ handlers
     def call(self, name: str, fn: Any, *args: Any) -> None:

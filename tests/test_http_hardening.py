@@ -505,13 +505,13 @@ async def test_timer_tick_logs_and_goes_on_when_one_check_raises(caplog: pytest.
     with caplog.at_level(logging.ERROR, logger="bunws"):
         async with running(fetch=lambda req, server: bunws.Response("x"), handshake_timeout=0.5) as server:
             broken = Broken()
-            server._connections[broken] = None  # type: ignore[index]
+            assert server.admit(broken)  # type: ignore[arg-type]
             try:
                 reader, writer = await open_raw(server.port)
                 data = await read_to_eof(reader, timeout=3)  # closed by its handshake timeout
                 writer.close()
             finally:
-                server._connections.pop(broken, None)  # type: ignore[call-overload]
+                server.release(broken, in_http=True)  # type: ignore[arg-type]
     assert data == b""
     assert "broken timer" in caplog.text
 

@@ -104,10 +104,11 @@ class FakeConn:
         self.fails = fails
         self.checks = 0
 
-    def check_timers(self, now: float) -> None:
+    def check_timers(self, now: float) -> float:
         self.checks += 1
         if self.fails:
             raise RuntimeError("timer check bug")
+        return now  # look again at the next tick
 
     def shutdown(self, close_active: bool) -> None:
         self.server.release(self, in_http=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from typing import Any
@@ -612,3 +613,41 @@ async def test_the_server_clock_is_the_loops_and_skips_the_stock_wrapper() -> No
         assert server.clock == loop.time  # uvloop's own
     assert abs(server.clock() - loop.time()) < 0.5
     assert abs(conn.session.now() - loop.time()) < 0.5  # the compiled session reads the same clock
+
+
+# ------------------------------------------------------------------------ the timer wheel
+async def test_the_session_files_itself_under_its_next_deadline() -> None:
+    """What the tick is told: the ping deadline, the idle one once the ping is out,
+    nothing while paused, the close deadline once closing."""
+    app = App()
+    server, conn, t, ws = open_ws(app.handler(idle_timeout=8), {"close_timeout": 2.0})
+    session = conn.session
+    tick = server.timers.tick
+    last = session.last_inbound
+    ping_at = last + (8 - server.ping_margin)
+    assert conn.check_timers(last) == ping_at
+    assert conn.check_timers(ping_at) == last + 8  # the ping went out
+    ws.pause()
+    assert conn.check_timers(last + 100) is None  # a paused socket is not reaped
+    ws.resume()  # re-filed: the idle clock restarts
+    resumed = session.last_inbound
+    assert server.timers.due_at(conn) == math.ceil((resumed + 8) / tick) * tick  # the ping is out
+    before = server.clock()
+    ws.close(1000, "bye")  # a deadline earlier than the filed one: re-filed
+    due = server.timers.due_at(conn)
+    assert due is not None and before + 2.0 <= due <= server.clock() + 2.0 + tick
+    assert conn.check_timers(before) == session.deadline
+
+
+async def test_a_stalled_writer_is_polled_every_tick_until_it_drains() -> None:
+    app = App()
+    server, conn, t, ws = open_ws(app.handler(idle_timeout=0))
+    assert conn.check_timers(server.clock()) is None  # no idle timeout: nothing to look at
+    t.client_reads = False
+    assert ws.send(b"x" * 1000) == -1  # the transport told us: filed for the next tick
+    assert server.timers.due_at(conn) is not None
+    now = server.clock()
+    assert conn.check_timers(now) == now
+    t.client_reads = True
+    t.drain()
+    assert conn.check_timers(server.clock()) is None
